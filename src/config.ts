@@ -1,0 +1,45 @@
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+/** The project's root folder (where package.json lives). */
+export const projectRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+
+function intFromEnv(name: string, fallback: number): number {
+  const raw = process.env[name];
+  if (raw === undefined || raw === '') return fallback;
+  const value = Number(raw);
+  if (!Number.isInteger(value) || value < 0) throw new Error(`${name} must be a non-negative integer, got "${raw}"`);
+  return value;
+}
+
+/** Every setting of the service, read once from the environment, with documented defaults. */
+export interface Config {
+  port: number;
+  host: string;
+  /** Unset: start the embedded PostgreSQL 16 under dataDir. */
+  databaseUrl: string | undefined;
+  dataDir: string;
+  embeddedPgPort: number;
+  /** Seed the default dataset when the database has no users (make run sets it). */
+  seedWhenEmpty: boolean;
+  /** Largest accepted request body. */
+  bodyLimitBytes: number;
+  poolSize: number;
+  statementTimeoutMs: number;
+  logLevel: string;
+}
+
+export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
+  return {
+    port: intFromEnv('PORT', 3000),
+    host: env.HOST || '127.0.0.1',
+    databaseUrl: env.DATABASE_URL || undefined,
+    dataDir: path.resolve(projectRoot, env.DATA_DIR || '.data'),
+    embeddedPgPort: intFromEnv('PG_PORT', 54329),
+    seedWhenEmpty: env.SEED_WHEN_EMPTY === '1',
+    bodyLimitBytes: intFromEnv('BODY_LIMIT_BYTES', 64 * 1024),
+    poolSize: intFromEnv('PG_POOL_SIZE', 10),
+    statementTimeoutMs: intFromEnv('STATEMENT_TIMEOUT_MS', 10_000),
+    logLevel: env.LOG_LEVEL || 'info',
+  };
+}

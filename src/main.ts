@@ -1,0 +1,30 @@
+import { loadConfig } from './config.js';
+import { startService } from './service.js';
+
+const config = loadConfig();
+const service = await startService(config).catch((err: unknown) => {
+  console.error(`could not start: ${err instanceof Error ? err.message : String(err)}`);
+  process.exit(1);
+});
+
+const redacted = service.databaseUrl.replace(/\/\/([^:/@]+):[^@]*@/, '//$1:***@');
+service.log.info(
+  `serving on ${service.url}: API ${service.url}/api, docs ${service.url}/docs, spec ${service.url}/openapi.json; ` +
+    `database PostgreSQL ${service.postgresVersion} at ${redacted}${config.databaseUrl ? '' : ' (embedded)'}`,
+);
+
+let stopping = false;
+for (const signal of ['SIGINT', 'SIGTERM'] as const) {
+  process.on(signal, () => {
+    if (stopping) return;
+    stopping = true;
+    service.log.info(`${signal}: stopping`);
+    service.stop().then(
+      () => process.exit(0),
+      (err: unknown) => {
+        service.log.error({ err }, 'error while stopping');
+        process.exit(1);
+      },
+    );
+  });
+}
