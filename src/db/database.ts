@@ -15,6 +15,14 @@ const types = {
   },
 } as pg.CustomTypesConfig;
 
+/** No connection could be had: the server is down, refusing, or the pool is exhausted. */
+export class DatabaseUnavailableError extends Error {
+  constructor(readonly reason: unknown) {
+    super(`database unavailable: ${reason instanceof Error ? reason.message : String(reason)}`);
+    this.name = 'DatabaseUnavailableError';
+  }
+}
+
 export interface PoolOptions {
   max?: number;
   statementTimeoutMs?: number;
@@ -41,7 +49,12 @@ export function openDatabase(connectionString: string, options: PoolOptions = {}
   });
   // An idle client losing its connection (database restart) must not crash the process.
   pool.on('error', options.onError ?? (() => {}));
-  const db = new Kysely<Database>({ dialect: new PostgresDialect({ pool }) });
+  // Failing to get a connection means the database is unavailable (a 503), whatever pg's message.
+  const connect = () =>
+    pool.connect().catch((err: unknown) => {
+      throw new DatabaseUnavailableError(err);
+    });
+  const db = new Kysely<Database>({ dialect: new PostgresDialect({ pool: { connect, end: () => pool.end() } }) });
   return { db, pool, close: () => db.destroy() };
 }
 

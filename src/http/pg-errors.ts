@@ -1,3 +1,4 @@
+import { DatabaseUnavailableError } from '../db/database.js';
 import { ApiError, badRequest, conflict, unavailable, type FieldError } from './problem.js';
 
 /** The fields of a pg DatabaseError we read; pg sets them from the server's error report. */
@@ -42,6 +43,7 @@ function columnOf(err: PgError, suffix: string): string | undefined {
  * unique (23505), foreign-key (23503) and check (23514) violations are translated.
  */
 export function problemFromPgError(err: unknown): ApiError | undefined {
+  if (err instanceof DatabaseUnavailableError) return unavailable('the database is unavailable; retry shortly');
   if (isPgError(err)) {
     const code = err.code!;
     const known = err.constraint ? constraintMeanings[err.constraint] : undefined;
