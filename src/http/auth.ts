@@ -1,0 +1,53 @@
+import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+
+const digest = (key: string) => createHash('sha256').update(key, 'utf8').digest();
+
+/**
+ * The API keys the service accepts, held only as SHA-256 digests. A presented key is hashed and
+ * compared with every digest in constant time, so neither timing nor memory gives a key away.
+ */
+export class ApiKeys {
+  private readonly digests: Buffer[];
+
+  constructor(keys: string[]) {
+    this.digests = keys.map(digest);
+  }
+
+  get size(): number {
+    return this.digests.length;
+  }
+
+  /** The key from `Authorization: Bearer <key>`, or undefined. */
+  static fromHeader(header: string | undefined): string | undefined {
+    const match = /^Bearer\s+(\S+)\s*$/i.exec(header ?? '');
+    return match?.[1];
+  }
+
+  verify(key: string | undefined): boolean {
+    if (!key) return false;
+    const presented = digest(key);
+    let matched = false;
+    for (const known of this.digests) matched = timingSafeEqual(known, presented) || matched;
+    return matched;
+  }
+
+  /** A stable, non-secret name of the caller, for scoping idempotency keys. */
+  static clientId(key: string): string {
+    return digest(key).toString('hex').slice(0, 16);
+  }
+}
+
+/**
+ * With no API_KEYS configured, one key is generated on first start and kept in
+ * DATA_DIR/api-key (readable only by its owner), so `make run` prints the same key every time.
+ */
+export function loadOrCreateKeyFile(dataDir: string): string {
+  const file = path.join(dataDir, 'api-key');
+  if (fs.existsSync(file)) return fs.readFileSync(file, 'utf8').trim();
+  fs.mkdirSync(dataDir, { recursive: true, mode: 0o755 });
+  const key = `sk_${randomBytes(24).toString('base64url')}`;
+  fs.writeFileSync(file, `${key}\n`, { mode: 0o600 });
+  return key;
+}

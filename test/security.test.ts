@@ -1,0 +1,127 @@
+import test from 'ava';
+import { ApiKeys } from '../src/http/auth.js';
+import { startTestApp, TEST_API_KEY, type TestApp } from './support/app.js';
+
+let app: TestApp;
+test.before(async () => {
+  app = await startTestApp();
+});
+test.after.always(async () => {
+  await app?.close();
+});
+
+let serial = 0;
+const email = () => `sec.${process.pid}.${++serial}@example.com`;
+const json = (body: unknown, headers: Record<string, string> = {}): RequestInit => ({
+  method: 'POST',
+  headers: { 'content-type': 'application/json', ...headers },
+  body: JSON.stringify(body),
+});
+const usersWithEmail = async (address: string) =>
+  Number((await app.database.pool.query('SELECT count(*) FROM users WHERE email = $1', [address])).rows[0].count);
+
+test('without a valid key every /api operation is a 401 problem that reveals nothing', async (t) => {
+  const { data: user } = await app.client.POST('/users', { body: { name: 'Secret', email: email() } });
+  for (const authorization of [undefined, 'Bearer wrong-key', `Basic ${Buffer.from(`x:${TEST_API_KEY}`).toString('base64')}`, `Bearer ${TEST_API_KEY}x`]) {
+    const headers: Record<string, string> = authorization ? { Authorization: authorization } : {};
+    const existing = await fetch(`${app.url}/api/users/${user!.id}`, { headers });
+    const missing = await fetch(`${app.url}/api/users/987654`, { headers });
+    for (const response of [existing, missing]) {
+      t.is(response.status, 401, authorization);
+      t.is(response.headers.get('content-type'), 'application/problem+json');
+      t.is(response.headers.get('www-authenticate'), 'Bearer realm="api"');
+    }
+    // The same answer whether or not the object exists, and nothing of it.
+    const [a, b] = [await existing.json(), await missing.json()];
+    t.is(a.detail, b.detail);
+    t.notRegex(JSON.stringify(a), /Secret|sec\./);
+  }
+  const post = await fetch(`${app.url}/api/users`, json({ name: 'Intruder', email: 'intruder@example.com' }));
+  t.is(post.status, 401);
+  t.is(await usersWithEmail('intruder@example.com'), 0);
+});
+
+test('health, readiness, docs and the spec stay open', async (t) => {
+  for (const path of ['/healthz', '/readyz', '/openapi.json', '/openapi.yaml']) {
+    t.is((await fetch(`${app.url}${path}`)).status, 200, path);
+  }
+});
+
+test('keys are held as digests and compared whole', (t) => {
+  const keys = new ApiKeys(['alpha', 'beta']);
+  t.true(keys.verify('alpha'));
+  t.true(keys.verify('beta'));
+  t.false(keys.verify('alph'));
+  t.false(keys.verify(undefined));
+  t.false(keys.verify(''));
+  t.is(ApiKeys.fromHeader('Bearer abc'), 'abc');
+  t.is(ApiKeys.fromHeader('bearer   abc '), 'abc');
+  t.is(ApiKeys.fromHeader('Token abc'), undefined);
+  t.false(JSON.stringify(keys).includes('alpha'));
+});
+
+test('API responses carry nosniff, no-store and a request id, and no X-Powered-By', async (t) => {
+  const response = await app.fetch('/api/users');
+  t.is(response.headers.get('x-content-type-options'), 'nosniff');
+  t.is(response.headers.get('cache-control'), 'no-store');
+  t.truthy(response.headers.get('x-request-id'));
+  t.is(response.headers.get('x-powered-by'), null);
+});
+
+test('a retried POST with the same Idempotency-Key replays the first response and creates nothing new', async (t) => {
+  const address = email();
+  const body = { name: 'Once', email: address };
+  const first = await app.fetch('/api/users', json(body, { 'Idempotency-Key': `k-${address}` }));
+  t.is(first.status, 201);
+  const created = await first.json();
+  const retry = await app.fetch('/api/users', json(body, { 'Idempotency-Key': `k-${address}` }));
+  t.is(retry.status, 201);
+  t.is(retry.headers.get('idempotent-replayed'), 'true');
+  t.is(retry.headers.get('location'), first.headers.get('location'));
+  t.deepEqual(await retry.json(), created);
+  t.is(await usersWithEmail(address), 1);
+  // A 4xx is remembered too: the same retry gets the same answer.
+  const bad = { name: '', email: email() };
+  const rejected = await app.fetch('/api/users', json(bad, { 'Idempotency-Key': `bad-${address}` }));
+  const rejectedAgain = await app.fetch('/api/users', json(bad, { 'Idempotency-Key': `bad-${address}` }));
+  t.is(rejected.status, 400);
+  t.is(rejectedAgain.status, 400);
+  t.is(rejectedAgain.headers.get('idempotent-replayed'), 'true');
+});
+
+test('the same Idempotency-Key with a different body is a 422 and stores nothing', async (t) => {
+  const key = `k-${email()}`;
+  t.is((await app.fetch('/api/users', json({ name: 'A', email: email() }, { 'Idempotency-Key': key }))).status, 201);
+  const other = email();
+  const reused = await app.fetch('/api/users', json({ name: 'B', email: other }, { 'Idempotency-Key': key }));
+  t.is(reused.status, 422);
+  t.is(await usersWithEmail(other), 0);
+});
+
+test('a duplicate while the first request is still in progress is a 409', async (t) => {
+  const key = `inflight-${email()}`;
+  const body = { name: 'Racer', email: email() };
+  // Claim the key as a concurrent first request would, mid-flight.
+  await app.database.pool.query(
+    "INSERT INTO idempotency_keys (client, key, request_hash) SELECT $1, $2, encode(sha256(convert_to($3, 'UTF8')), 'hex')",
+    [ApiKeys.clientId(TEST_API_KEY), key, `/api/users\n${JSON.stringify(body)}`],
+  );
+  const duplicate = await app.fetch('/api/users', json(body, { 'Idempotency-Key': key }));
+  t.is(duplicate.status, 409);
+  t.is(await usersWithEmail(body.email), 0);
+});
+
+test('concurrent identical POSTs with one key create exactly one object', async (t) => {
+  const key = `burst-${email()}`;
+  const body = { name: 'Burst', email: email() };
+  const responses = await Promise.all(Array.from({ length: 8 }, () => app.fetch('/api/users', json(body, { 'Idempotency-Key': key }))));
+  const statuses = responses.map((r) => r.status);
+  t.true(statuses.every((s) => s === 201 || s === 409), statuses.join(','));
+  t.true(statuses.includes(201));
+  t.is(await usersWithEmail(body.email), 1);
+});
+
+test('an over-long Idempotency-Key is a 400', async (t) => {
+  const response = await app.fetch('/api/users', json({ name: 'L', email: email() }, { 'Idempotency-Key': 'k'.repeat(256) }));
+  t.is(response.status, 400);
+});
