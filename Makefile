@@ -10,7 +10,7 @@ SEED_FEATURES ?= 30
 SEED ?= 42
 export SEED_USERS SEED_SUBSCRIPTIONS SEED_FEATURES SEED
 
-.PHONY: install run test codegen check-generated typecheck lint docs db-migrate db-seed db-reconcile bench
+.PHONY: install run test codegen check-generated typecheck lint docs browser db-migrate db-seed db-reconcile bench
 
 # npm ci only when package-lock.json changed since the last install.
 node_modules/.installed: package.json package-lock.json
@@ -24,7 +24,7 @@ run: install docs/index.html
 	SEED_WHEN_EMPTY=1 $(TSX) src/main.ts
 
 ## make test: codegen freshness, spec lint, type check, then every ava test against a real PostgreSQL 16.
-test: install check-generated lint typecheck
+test: install check-generated lint typecheck docs/index.html browser
 	$(TSX) scripts/run-tests.ts
 
 codegen: install
@@ -40,10 +40,37 @@ typecheck: install
 lint: install
 	$(BIN)/redocly lint openapi/openapi.yaml
 
-docs/index.html: openapi/openapi.yaml node_modules/.installed
-	$(BIN)/redocly build-docs openapi/openapi.yaml --output docs/index.html
+# --inlineBundle: Redoc's script is inside the page, so it renders with no network (telemetry is
+# off in redocly.yaml); the template's Content-Security-Policy forbids fetching from other origins.
+docs/index.html: openapi/openapi.yaml redocly.yaml docs/template.hbs node_modules/.installed
+	$(BIN)/redocly build-docs openapi/openapi.yaml --inlineBundle --template docs/template.hbs --output docs/index.html
+
+# Chromium for the browser test of /docs and /docs/swagger (Debian's package, as root). Where it
+# cannot be installed, that test is skipped and says why.
+browser:
+	@if [ ! -x /usr/bin/chromium ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing chromium for the docs browser test"; \
+	  { apt-get install -y --no-install-recommends chromium fonts-liberation >/dev/null 2>&1 \
+	    || { apt-get update >/dev/null 2>&1 && apt-get install -y --no-install-recommends chromium fonts-liberation >/dev/null 2>&1; }; } \
+	  || echo "could not install chromium: the docs browser test will be skipped"; \
+	fi
 
 docs: install docs/index.html
 
 db-migrate: install
 	$(TSX) scripts/db.ts migrate
+
+## make db-seed: generate the dataset (SEED_USERS, SEED_SUBSCRIPTIONS, SEED_FEATURES, SEED); refuses a
+## non-empty database unless RESET=1, which replaces the data of the four tables.
+db-seed: install
+	RESET=$(RESET) $(TSX) scripts/db.ts seed
+
+## make db-reconcile: recompute every analytics aggregate from the base tables, report and repair differences.
+db-reconcile: install
+	$(TSX) scripts/db.ts reconcile
+
+## make bench: seed a dedicated database (BENCH_SUBSCRIPTIONS, default 500000), load the service over
+## loopback with autocannon, print the table and write bench/results/<date>-<size>.json.
+BENCH_SUBSCRIPTIONS ?= 500000
+bench: install
+	BENCH_SUBSCRIPTIONS=$(BENCH_SUBSCRIPTIONS) $(TSX) scripts/bench.ts

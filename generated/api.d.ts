@@ -106,7 +106,9 @@ export interface paths {
          * Create a subscription
          * @description Creates a subscription for an existing user (a missing `user_id` is a `400` naming the
          *     field). `feature_ids` attaches features in the same transaction: either the subscription and
-         *     all its features are stored, or nothing is.
+         *     all its features are stored, or nothing is (an unknown feature id is a `400` naming
+         *     `/feature_ids`). Objects referenced from a body are input: when missing, they are a `400`;
+         *     only a missing object in the URL is a `404`.
          */
         post: operations["createSubscription"];
         delete?: never;
@@ -167,14 +169,16 @@ export interface paths {
         get: operations["listSubscriptionFeatures"];
         /**
          * Replace the whole set of a subscription's features
-         * @description Atomically makes the subscription's features exactly the given set. Links that stay keep
-         *     their `added_at`; their `usage_limit` becomes the one sent. `404` if the subscription or any
-         *     feature does not exist (nothing changes then).
+         * @description Atomically makes the subscription's features exactly the given set (an empty array detaches
+         *     all). Links that stay keep their `added_at`; their `usage_limit` becomes the one sent (omitted
+         *     means unlimited). `404` if the subscription does not exist; a `feature_id` that does not exist
+         *     or appears twice is a `400` naming `/features/{index}/feature_id`. Nothing changes then.
          */
         put: operations["replaceSubscriptionFeatures"];
         /**
          * Attach a feature to a subscription
-         * @description Attaches one feature. `409` if it is already attached, `404` if the subscription or the feature does not exist.
+         * @description Attaches one feature. `409` if it is already attached, `404` if the subscription (in the URL)
+         *     does not exist, `400` naming `/feature_id` if the feature (in the body) does not exist.
          */
         post: operations["attachSubscriptionFeature"];
         delete?: never;
@@ -358,15 +362,35 @@ export interface components {
          * @description An email address, unique among users ignoring case.
          */
         Email: string;
+        /**
+         * @example {
+         *       "name": "Ada Lovelace",
+         *       "email": "ada@example.com"
+         *     }
+         */
         UserInput: {
             name: components["schemas"]["Name"];
             email: components["schemas"]["Email"];
         };
-        /** @description The fields to change. */
+        /**
+         * @description The fields to change.
+         * @example {
+         *       "name": "Ada King"
+         *     }
+         */
         UserPatch: {
             name?: components["schemas"]["Name"];
             email?: components["schemas"]["Email"];
         };
+        /**
+         * @example {
+         *       "id": 42,
+         *       "name": "Ada Lovelace",
+         *       "email": "ada@example.com",
+         *       "created_at": "2026-01-15T09:30:00.000Z",
+         *       "updated_at": "2026-01-15T09:30:00.000Z"
+         *     }
+         */
         User: {
             id: components["schemas"]["Id"];
             /** @description The user's name. */
@@ -376,7 +400,22 @@ export interface components {
             created_at: components["schemas"]["Timestamp"];
             updated_at: components["schemas"]["Timestamp"];
         };
+        /**
+         * @example {
+         *       "data": [
+         *         {
+         *           "id": 42,
+         *           "name": "Ada Lovelace",
+         *           "email": "ada@example.com",
+         *           "created_at": "2026-01-15T09:30:00.000Z",
+         *           "updated_at": "2026-01-15T09:30:00.000Z"
+         *         }
+         *       ],
+         *       "next_cursor": "WyJpZCIsNDJd.3q2Fh0bXw9PZ1lY8aQ7cWA"
+         *     }
+         */
         UserList: {
+            /** @description The users of this page. */
             data: components["schemas"]["User"][];
             next_cursor: components["schemas"]["PageCursor"];
         };
@@ -391,6 +430,17 @@ export interface components {
          * @enum {string}
          */
         BillingPeriod: "month" | "year";
+        /**
+         * @example {
+         *       "user_id": 42,
+         *       "status": "active",
+         *       "plan_name": "Pro",
+         *       "plan_cost": "19.99",
+         *       "billing_period": "month",
+         *       "start_date": "2026-01-15",
+         *       "end_date": null
+         *     }
+         */
         SubscriptionInput: {
             user_id: components["schemas"]["Id"];
             status: components["schemas"]["SubscriptionStatus"];
@@ -410,7 +460,21 @@ export interface components {
              */
             end_date?: string | null;
         };
-        /** @description A subscription, optionally with the ids of the features it includes. */
+        /**
+         * @description A subscription, optionally with the ids of the features it includes.
+         * @example {
+         *       "user_id": 42,
+         *       "status": "active",
+         *       "plan_name": "Pro",
+         *       "plan_cost": "19.99",
+         *       "billing_period": "month",
+         *       "start_date": "2026-01-15",
+         *       "feature_ids": [
+         *         3,
+         *         5
+         *       ]
+         *     }
+         */
         SubscriptionCreate: {
             user_id: components["schemas"]["Id"];
             status: components["schemas"]["SubscriptionStatus"];
@@ -431,7 +495,13 @@ export interface components {
             /** @description Features to attach in the same transaction (no usage limit). */
             feature_ids?: components["schemas"]["Id"][];
         };
-        /** @description The fields to change. */
+        /**
+         * @description The fields to change.
+         * @example {
+         *       "status": "canceled",
+         *       "end_date": "2026-06-30"
+         *     }
+         */
         SubscriptionPatch: {
             user_id?: components["schemas"]["Id"];
             status?: components["schemas"]["SubscriptionStatus"];
@@ -450,6 +520,20 @@ export interface components {
              */
             end_date?: string | null;
         };
+        /**
+         * @example {
+         *       "id": 1017,
+         *       "user_id": 42,
+         *       "status": "active",
+         *       "plan_name": "Pro",
+         *       "plan_cost": "19.99",
+         *       "billing_period": "month",
+         *       "start_date": "2026-01-15",
+         *       "end_date": null,
+         *       "created_at": "2026-01-15T09:30:00.000Z",
+         *       "updated_at": "2026-01-15T09:30:00.000Z"
+         *     }
+         */
         Subscription: {
             id: components["schemas"]["Id"];
             user_id: components["schemas"]["Id"];
@@ -471,21 +555,61 @@ export interface components {
             created_at: components["schemas"]["Timestamp"];
             updated_at: components["schemas"]["Timestamp"];
         };
+        /**
+         * @example {
+         *       "data": [
+         *         {
+         *           "id": 1017,
+         *           "user_id": 42,
+         *           "status": "active",
+         *           "plan_name": "Pro",
+         *           "plan_cost": "19.99",
+         *           "billing_period": "month",
+         *           "start_date": "2026-01-15",
+         *           "end_date": null,
+         *           "created_at": "2026-01-15T09:30:00.000Z",
+         *           "updated_at": "2026-01-15T09:30:00.000Z"
+         *         }
+         *       ],
+         *       "next_cursor": null
+         *     }
+         */
         SubscriptionList: {
+            /** @description The subscriptions of this page. */
             data: components["schemas"]["Subscription"][];
             next_cursor: components["schemas"]["PageCursor"];
         };
+        /**
+         * @example {
+         *       "name": "SMS Notifications",
+         *       "description": "Text messages when a payment fails or a plan renews."
+         *     }
+         */
         FeatureInput: {
             name: components["schemas"]["Name"];
             /** @description What the feature gives. */
             description?: string | null;
         };
-        /** @description The fields to change. */
+        /**
+         * @description The fields to change.
+         * @example {
+         *       "description": null
+         *     }
+         */
         FeaturePatch: {
             name?: components["schemas"]["Name"];
             /** @description What the feature gives; `null` clears it. */
             description?: string | null;
         };
+        /**
+         * @example {
+         *       "id": 3,
+         *       "name": "SMS Notifications",
+         *       "description": "Text messages when a payment fails or a plan renews.",
+         *       "created_at": "2026-01-15T09:30:00.000Z",
+         *       "updated_at": "2026-01-15T09:30:00.000Z"
+         *     }
+         */
         Feature: {
             id: components["schemas"]["Id"];
             /** @description The feature's name, e.g. "SMS Notifications". */
@@ -495,24 +619,73 @@ export interface components {
             created_at: components["schemas"]["Timestamp"];
             updated_at: components["schemas"]["Timestamp"];
         };
+        /**
+         * @example {
+         *       "data": [
+         *         {
+         *           "id": 3,
+         *           "name": "SMS Notifications",
+         *           "description": "Text messages when a payment fails or a plan renews.",
+         *           "created_at": "2026-01-15T09:30:00.000Z",
+         *           "updated_at": "2026-01-15T09:30:00.000Z"
+         *         }
+         *       ],
+         *       "next_cursor": null
+         *     }
+         */
         FeatureList: {
+            /** @description The features of this page. */
             data: components["schemas"]["Feature"][];
             next_cursor: components["schemas"]["PageCursor"];
         };
         /** @description How many uses of the feature the subscription includes per billing period; `null` is unlimited. */
         UsageLimit: number | null;
+        /**
+         * @example {
+         *       "feature_id": 3,
+         *       "usage_limit": 500
+         *     }
+         */
         SubscriptionFeatureAttach: {
             feature_id: components["schemas"]["Id"];
             usage_limit?: components["schemas"]["UsageLimit"];
         };
-        /** @description The fields to change. */
+        /**
+         * @description The fields to change.
+         * @example {
+         *       "usage_limit": null
+         *     }
+         */
         SubscriptionFeaturePatch: {
             usage_limit?: components["schemas"]["UsageLimit"];
         };
+        /**
+         * @example {
+         *       "features": [
+         *         {
+         *           "feature_id": 3,
+         *           "usage_limit": 500
+         *         },
+         *         {
+         *           "feature_id": 5
+         *         }
+         *       ]
+         *     }
+         */
         SubscriptionFeatureSet: {
             /** @description The complete new set; each `feature_id` at most once. */
             features: components["schemas"]["SubscriptionFeatureAttach"][];
         };
+        /**
+         * @example {
+         *       "subscription_id": 1017,
+         *       "feature_id": 3,
+         *       "feature_name": "SMS Notifications",
+         *       "usage_limit": 500,
+         *       "added_at": "2026-01-15T09:30:00.000Z",
+         *       "updated_at": "2026-02-03T16:05:12.000Z"
+         *     }
+         */
         SubscriptionFeature: {
             subscription_id: components["schemas"]["Id"];
             feature_id: components["schemas"]["Id"];
@@ -522,13 +695,167 @@ export interface components {
             added_at: components["schemas"]["Timestamp"];
             updated_at: components["schemas"]["Timestamp"];
         };
+        /**
+         * @example {
+         *       "data": [
+         *         {
+         *           "subscription_id": 1017,
+         *           "feature_id": 3,
+         *           "feature_name": "SMS Notifications",
+         *           "usage_limit": 500,
+         *           "added_at": "2026-01-15T09:30:00.000Z",
+         *           "updated_at": "2026-02-03T16:05:12.000Z"
+         *         },
+         *         {
+         *           "subscription_id": 1017,
+         *           "feature_id": 5,
+         *           "feature_name": "Priority Support",
+         *           "usage_limit": null,
+         *           "added_at": "2026-02-03T16:05:12.000Z",
+         *           "updated_at": "2026-02-03T16:05:12.000Z"
+         *         }
+         *       ],
+         *       "next_cursor": null
+         *     }
+         */
         SubscriptionFeatureList: {
+            /** @description The links of this page. */
             data: components["schemas"]["SubscriptionFeature"][];
             next_cursor: components["schemas"]["PageCursor"];
         };
+        /**
+         * @example {
+         *       "data": [
+         *         {
+         *           "subscription_id": 1017,
+         *           "feature_id": 3,
+         *           "feature_name": "SMS Notifications",
+         *           "usage_limit": 500,
+         *           "added_at": "2026-01-15T09:30:00.000Z",
+         *           "updated_at": "2026-02-03T16:05:12.000Z"
+         *         },
+         *         {
+         *           "subscription_id": 1017,
+         *           "feature_id": 5,
+         *           "feature_name": "Priority Support",
+         *           "usage_limit": null,
+         *           "added_at": "2026-02-03T16:05:12.000Z",
+         *           "updated_at": "2026-02-03T16:05:12.000Z"
+         *         }
+         *       ]
+         *     }
+         */
         SubscriptionFeatureSetResult: {
+            /** @description Every link of the subscription after the change. */
             data: components["schemas"]["SubscriptionFeature"][];
         };
+        /**
+         * @example {
+         *       "as_of": "2026-02-10T12:00:00.000Z",
+         *       "total_recurring_revenue": "218.99",
+         *       "average_subscription_cost": "76.33",
+         *       "monthly_revenue": [
+         *         {
+         *           "month": "2025-03",
+         *           "revenue": "0.00"
+         *         },
+         *         {
+         *           "month": "2025-04",
+         *           "revenue": "0.00"
+         *         },
+         *         {
+         *           "month": "2025-05",
+         *           "revenue": "0.00"
+         *         },
+         *         {
+         *           "month": "2025-06",
+         *           "revenue": "9.99"
+         *         },
+         *         {
+         *           "month": "2025-07",
+         *           "revenue": "0.00"
+         *         },
+         *         {
+         *           "month": "2025-08",
+         *           "revenue": "0.00"
+         *         },
+         *         {
+         *           "month": "2025-09",
+         *           "revenue": "0.00"
+         *         },
+         *         {
+         *           "month": "2025-10",
+         *           "revenue": "0.00"
+         *         },
+         *         {
+         *           "month": "2025-11",
+         *           "revenue": "199.00"
+         *         },
+         *         {
+         *           "month": "2025-12",
+         *           "revenue": "0.00"
+         *         },
+         *         {
+         *           "month": "2026-01",
+         *           "revenue": "19.99"
+         *         },
+         *         {
+         *           "month": "2026-02",
+         *           "revenue": "0.00"
+         *         }
+         *       ],
+         *       "top_users": [
+         *         {
+         *           "user_id": 42,
+         *           "name": "Ada Lovelace",
+         *           "email": "ada@example.com",
+         *           "total_value": "218.99"
+         *         },
+         *         {
+         *           "user_id": 7,
+         *           "name": "Grace Hopper",
+         *           "email": "grace@example.com",
+         *           "total_value": "9.99"
+         *         }
+         *       ],
+         *       "subscription_count": 3,
+         *       "active_subscription_count": 2,
+         *       "by_status": [
+         *         {
+         *           "status": "active",
+         *           "count": 2,
+         *           "revenue": "218.99"
+         *         },
+         *         {
+         *           "status": "trialing",
+         *           "count": 0,
+         *           "revenue": "0.00"
+         *         },
+         *         {
+         *           "status": "past_due",
+         *           "count": 0,
+         *           "revenue": "0.00"
+         *         },
+         *         {
+         *           "status": "paused",
+         *           "count": 0,
+         *           "revenue": "0.00"
+         *         },
+         *         {
+         *           "status": "canceled",
+         *           "count": 1,
+         *           "revenue": "9.99"
+         *         },
+         *         {
+         *           "status": "expired",
+         *           "count": 0,
+         *           "revenue": "0.00"
+         *         }
+         *       ],
+         *       "mrr": "36.57",
+         *       "arr": "438.88"
+         *     }
+         */
         Analytics: {
             as_of: components["schemas"]["Timestamp"];
             /** @description Sum of `plan_cost` over subscriptions with status `active` (whatever their billing period). */
@@ -561,7 +888,7 @@ export interface components {
                 count: number;
                 revenue: components["schemas"]["Money"];
             }[];
-            /** @description Monthly recurring revenue over `active` subscriptions, yearly plans normalized to a month (`plan_cost / 12`), as Stripe and ChartMogul normalize; rounded to 2 places as `round(numeric, 2)`. */
+            /** @description Monthly recurring revenue over `active` subscriptions, yearly plans normalized to a month as Stripe and ChartMogul normalize; exactly `round(sum of monthly plans' plan_cost + (sum of yearly plans' plan_cost) / 12, 2)` as PostgreSQL computes it (the yearly sum is divided once, so no per-row rounding drifts). */
             mrr: components["schemas"]["Money"];
             /** @description Annual recurring revenue over `active` subscriptions, monthly plans times 12 plus yearly plans. */
             arr: components["schemas"]["Money"];
@@ -586,7 +913,7 @@ export interface components {
                 "application/problem+json": components["schemas"]["Problem"];
             };
         };
-        /** @description The change conflicts with the current state (a unique value is taken, or the object is still in use). Nothing was stored. */
+        /** @description The change conflicts with the current state (a unique value is taken, or the object is still in use), or a request with the same `Idempotency-Key` is still in progress. Nothing was stored. */
         Conflict: {
             headers: {
                 [name: string]: unknown;
@@ -597,6 +924,26 @@ export interface components {
         };
         /** @description `If-Match` does not match the current `ETag`. Nothing was stored. */
         PreconditionFailed: {
+            headers: {
+                [name: string]: unknown;
+            };
+            content: {
+                "application/problem+json": components["schemas"]["Problem"];
+            };
+        };
+        /** @description No valid API key was sent (`Authorization: Bearer <key>`). Says nothing about the resource. */
+        Unauthorized: {
+            headers: {
+                /** @description `Bearer realm="api"` */
+                "WWW-Authenticate"?: string;
+                [name: string]: unknown;
+            };
+            content: {
+                "application/problem+json": components["schemas"]["Problem"];
+            };
+        };
+        /** @description The `Idempotency-Key` was already used with a different request. Nothing was stored. */
+        IdempotencyKeyReused: {
             headers: {
                 [name: string]: unknown;
             };
@@ -630,9 +977,16 @@ export interface components {
         Limit: number;
         /** @description The `next_cursor` of the previous page. Opaque and signed; a tampered one is a `400`. */
         Cursor: string;
+        /**
+         * @description Makes a retry safe (Stripe's design): the first response to this key (2xx or 4xx) is kept
+         *     for 24 hours and replayed to every retry with `Idempotent-Replayed: true`, creating nothing
+         *     new. The same key with a different request is a `422`; a retry while the first request is
+         *     still running is a `409`. Keys are scoped to the API key. 1 to 255 characters.
+         */
+        IdempotencyKey: string;
         /** @description Perform the change only if the object's current `ETag` is one of these (or `*`); otherwise `412`. */
         IfMatch: string;
-        /** @description Only subscriptions with one of these statuses; repeat the parameter (`status=active&status=trialing`) or separate with commas. */
+        /** @description Only subscriptions with one of these statuses; repeat the parameter for several (`status=active&status=trialing`). A comma-separated value is a `400`. */
         StatusFilter: components["schemas"]["SubscriptionStatus"][];
     };
     requestBodies: never;
@@ -675,12 +1029,21 @@ export interface operations {
                 };
             };
             400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
         };
     };
     createUser: {
         parameters: {
             query?: never;
-            header?: never;
+            header?: {
+                /**
+                 * @description Makes a retry safe (Stripe's design): the first response to this key (2xx or 4xx) is kept
+                 *     for 24 hours and replayed to every retry with `Idempotent-Replayed: true`, creating nothing
+                 *     new. The same key with a different request is a `422`; a retry while the first request is
+                 *     still running is a `409`. Keys are scoped to the API key. 1 to 255 characters.
+                 */
+                "Idempotency-Key"?: components["parameters"]["IdempotencyKey"];
+            };
             path?: never;
             cookie?: never;
         };
@@ -702,9 +1065,11 @@ export interface operations {
                 };
             };
             400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
             409: components["responses"]["Conflict"];
             413: components["responses"]["PayloadTooLarge"];
             415: components["responses"]["UnsupportedMediaType"];
+            422: components["responses"]["IdempotencyKeyReused"];
         };
     };
     getUser: {
@@ -730,6 +1095,7 @@ export interface operations {
                 };
             };
             400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
             404: components["responses"]["NotFound"];
         };
     };
@@ -763,6 +1129,7 @@ export interface operations {
                 };
             };
             400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
             404: components["responses"]["NotFound"];
             409: components["responses"]["Conflict"];
             412: components["responses"]["PreconditionFailed"];
@@ -792,6 +1159,7 @@ export interface operations {
                 content?: never;
             };
             400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
             404: components["responses"]["NotFound"];
             412: components["responses"]["PreconditionFailed"];
         };
@@ -827,6 +1195,7 @@ export interface operations {
                 };
             };
             400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
             404: components["responses"]["NotFound"];
             409: components["responses"]["Conflict"];
             412: components["responses"]["PreconditionFailed"];
@@ -840,7 +1209,7 @@ export interface operations {
                 limit?: components["parameters"]["Limit"];
                 /** @description The `next_cursor` of the previous page. Opaque and signed; a tampered one is a `400`. */
                 cursor?: components["parameters"]["Cursor"];
-                /** @description Only subscriptions with one of these statuses; repeat the parameter (`status=active&status=trialing`) or separate with commas. */
+                /** @description Only subscriptions with one of these statuses; repeat the parameter for several (`status=active&status=trialing`). A comma-separated value is a `400`. */
                 status?: components["parameters"]["StatusFilter"];
             };
             header?: never;
@@ -863,6 +1232,7 @@ export interface operations {
                 };
             };
             400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
             404: components["responses"]["NotFound"];
         };
     };
@@ -873,7 +1243,7 @@ export interface operations {
                 limit?: components["parameters"]["Limit"];
                 /** @description The `next_cursor` of the previous page. Opaque and signed; a tampered one is a `400`. */
                 cursor?: components["parameters"]["Cursor"];
-                /** @description Only subscriptions with one of these statuses; repeat the parameter (`status=active&status=trialing`) or separate with commas. */
+                /** @description Only subscriptions with one of these statuses; repeat the parameter for several (`status=active&status=trialing`). A comma-separated value is a `400`. */
                 status?: components["parameters"]["StatusFilter"];
                 /** @description Only subscriptions of this user. */
                 user_id?: components["schemas"]["Id"];
@@ -910,12 +1280,21 @@ export interface operations {
                 };
             };
             400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
         };
     };
     createSubscription: {
         parameters: {
             query?: never;
-            header?: never;
+            header?: {
+                /**
+                 * @description Makes a retry safe (Stripe's design): the first response to this key (2xx or 4xx) is kept
+                 *     for 24 hours and replayed to every retry with `Idempotent-Replayed: true`, creating nothing
+                 *     new. The same key with a different request is a `422`; a retry while the first request is
+                 *     still running is a `409`. Keys are scoped to the API key. 1 to 255 characters.
+                 */
+                "Idempotency-Key"?: components["parameters"]["IdempotencyKey"];
+            };
             path?: never;
             cookie?: never;
         };
@@ -937,8 +1316,11 @@ export interface operations {
                 };
             };
             400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            409: components["responses"]["Conflict"];
             413: components["responses"]["PayloadTooLarge"];
             415: components["responses"]["UnsupportedMediaType"];
+            422: components["responses"]["IdempotencyKeyReused"];
         };
     };
     getSubscription: {
@@ -964,6 +1346,7 @@ export interface operations {
                 };
             };
             400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
             404: components["responses"]["NotFound"];
         };
     };
@@ -997,6 +1380,7 @@ export interface operations {
                 };
             };
             400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
             404: components["responses"]["NotFound"];
             412: components["responses"]["PreconditionFailed"];
             415: components["responses"]["UnsupportedMediaType"];
@@ -1025,6 +1409,7 @@ export interface operations {
                 content?: never;
             };
             400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
             404: components["responses"]["NotFound"];
             412: components["responses"]["PreconditionFailed"];
         };
@@ -1060,6 +1445,7 @@ export interface operations {
                 };
             };
             400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
             404: components["responses"]["NotFound"];
             412: components["responses"]["PreconditionFailed"];
             415: components["responses"]["UnsupportedMediaType"];
@@ -1093,6 +1479,7 @@ export interface operations {
                 };
             };
             400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
             404: components["responses"]["NotFound"];
         };
     };
@@ -1122,6 +1509,7 @@ export interface operations {
                 };
             };
             400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
             404: components["responses"]["NotFound"];
             415: components["responses"]["UnsupportedMediaType"];
         };
@@ -1129,7 +1517,15 @@ export interface operations {
     attachSubscriptionFeature: {
         parameters: {
             query?: never;
-            header?: never;
+            header?: {
+                /**
+                 * @description Makes a retry safe (Stripe's design): the first response to this key (2xx or 4xx) is kept
+                 *     for 24 hours and replayed to every retry with `Idempotent-Replayed: true`, creating nothing
+                 *     new. The same key with a different request is a `422`; a retry while the first request is
+                 *     still running is a `409`. Keys are scoped to the API key. 1 to 255 characters.
+                 */
+                "Idempotency-Key"?: components["parameters"]["IdempotencyKey"];
+            };
             path: {
                 /** @description The object's id. */
                 id: components["parameters"]["Id"];
@@ -1154,9 +1550,11 @@ export interface operations {
                 };
             };
             400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
             404: components["responses"]["NotFound"];
             409: components["responses"]["Conflict"];
             415: components["responses"]["UnsupportedMediaType"];
+            422: components["responses"]["IdempotencyKeyReused"];
         };
     };
     getSubscriptionFeature: {
@@ -1184,6 +1582,7 @@ export interface operations {
                 };
             };
             400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
             404: components["responses"]["NotFound"];
         };
     };
@@ -1212,6 +1611,7 @@ export interface operations {
                 content?: never;
             };
             400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
             404: components["responses"]["NotFound"];
             412: components["responses"]["PreconditionFailed"];
         };
@@ -1249,6 +1649,7 @@ export interface operations {
                 };
             };
             400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
             404: components["responses"]["NotFound"];
             412: components["responses"]["PreconditionFailed"];
             415: components["responses"]["UnsupportedMediaType"];
@@ -1261,7 +1662,7 @@ export interface operations {
                 limit?: components["parameters"]["Limit"];
                 /** @description The `next_cursor` of the previous page. Opaque and signed; a tampered one is a `400`. */
                 cursor?: components["parameters"]["Cursor"];
-                /** @description Only features whose name contains this text, ignoring case. */
+                /** @description Only features whose name contains this text, ignoring case. `%` and `_` match themselves. */
                 q?: string;
             };
             header?: never;
@@ -1281,12 +1682,21 @@ export interface operations {
                 };
             };
             400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
         };
     };
     createFeature: {
         parameters: {
             query?: never;
-            header?: never;
+            header?: {
+                /**
+                 * @description Makes a retry safe (Stripe's design): the first response to this key (2xx or 4xx) is kept
+                 *     for 24 hours and replayed to every retry with `Idempotent-Replayed: true`, creating nothing
+                 *     new. The same key with a different request is a `422`; a retry while the first request is
+                 *     still running is a `409`. Keys are scoped to the API key. 1 to 255 characters.
+                 */
+                "Idempotency-Key"?: components["parameters"]["IdempotencyKey"];
+            };
             path?: never;
             cookie?: never;
         };
@@ -1308,9 +1718,11 @@ export interface operations {
                 };
             };
             400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
             409: components["responses"]["Conflict"];
             413: components["responses"]["PayloadTooLarge"];
             415: components["responses"]["UnsupportedMediaType"];
+            422: components["responses"]["IdempotencyKeyReused"];
         };
     };
     getFeature: {
@@ -1336,6 +1748,7 @@ export interface operations {
                 };
             };
             400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
             404: components["responses"]["NotFound"];
         };
     };
@@ -1369,6 +1782,7 @@ export interface operations {
                 };
             };
             400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
             404: components["responses"]["NotFound"];
             409: components["responses"]["Conflict"];
             412: components["responses"]["PreconditionFailed"];
@@ -1398,6 +1812,7 @@ export interface operations {
                 content?: never;
             };
             400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
             404: components["responses"]["NotFound"];
             409: components["responses"]["Conflict"];
             412: components["responses"]["PreconditionFailed"];
@@ -1434,6 +1849,7 @@ export interface operations {
                 };
             };
             400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
             404: components["responses"]["NotFound"];
             409: components["responses"]["Conflict"];
             412: components["responses"]["PreconditionFailed"];
@@ -1462,6 +1878,7 @@ export interface operations {
                 };
             };
             400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
         };
     };
 }

@@ -6,7 +6,6 @@
  */
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
-import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import readline from 'node:readline';
@@ -14,19 +13,9 @@ import { openDatabase } from '../src/db/database.js';
 import { ensureDatabase, startEmbeddedPostgres } from '../src/db/embedded.js';
 import { migrateToLatest } from '../src/db/migrate.js';
 import { projectRoot } from '../src/config.js';
+import { freePort } from '../src/free-port.js';
 
 export const TEMPLATE_DATABASE = 'subscriptions_template';
-
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = net.createServer();
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address() as net.AddressInfo;
-      server.close(() => resolve(port));
-    });
-    server.on('error', reject);
-  });
-}
 
 const root = fs.mkdtempSync(path.join(os.tmpdir(), 'subscriptions-test-'));
 // PostgreSQL runs as the `postgres` user when we are root: it must be able to enter the folder.

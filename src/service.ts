@@ -5,7 +5,10 @@ import type { Config } from './config.js';
 import { assertPostgres16, openDatabase, type DatabaseHandle } from './db/database.js';
 import { ensureDatabase, startEmbeddedPostgres, type RunningPostgres } from './db/embedded.js';
 import { migrateToLatest } from './db/migrate.js';
+import { seedIfEmpty, seedParametersFromEnv } from './db/seed.js';
 import { createApp } from './http/app.js';
+import { ApiKeys, loadOrCreateKeyFile } from './http/auth.js';
+import { pruneIdempotencyKeys } from './http/idempotency.js';
 import { CursorCodec } from './http/cursor.js';
 
 export const EMBEDDED_DATABASE = 'subscriptions';
@@ -17,12 +20,18 @@ export const embeddedSettings = {
   maintenance_work_mem: '512MB',
   max_wal_size: '4GB',
   checkpoint_timeout: '15min',
+  // Nothing replicates from the embedded cluster: with minimal WAL, tables truncated and indexes built
+  // in the same transaction (the seed) skip WAL entirely. Measured: the 500k seed about 15% faster.
+  wal_level: 'minimal',
+  max_wal_senders: 0,
 };
 
 export interface RunningService {
   url: string;
   databaseUrl: string;
   postgresVersion: string;
+  /** The key from DATA_DIR/api-key when API_KEYS was not given. */
+  generatedApiKey: string | undefined;
   database: DatabaseHandle;
   log: Logger;
   stop(): Promise<void>;
@@ -47,25 +56,39 @@ export async function startService(config: Config, log: Logger = pino({ level: c
   const database = openDatabase(databaseUrl, {
     max: config.poolSize,
     statementTimeoutMs: config.statementTimeoutMs,
+    connectionTimeoutMs: config.connectionTimeoutMs,
     onError: (err) => log.warn({ err }, 'idle database connection lost'),
   });
   let server: Server | undefined;
+  // Set first on shutdown, so /readyz fails before the listener closes.
+  let draining = false;
   try {
     const postgresVersion = await assertPostgres16(database.pool);
     const applied = await migrateToLatest(database.db);
     log.info({ applied }, applied.length ? `applied migrations: ${applied.join(', ')}` : 'database schema is up to date');
+    if (config.seedWhenEmpty) await seedIfEmpty(database.pool, seedParametersFromEnv(), (line) => log.info(line));
+    const generatedApiKey = config.apiKeys.length ? undefined : loadOrCreateKeyFile(config.dataDir);
+    const apiKeys = generatedApiKey ? [generatedApiKey] : config.apiKeys;
     const secret = await database.db.selectFrom('service_secrets').select('value').where('name', '=', 'cursor_hmac_key').executeTakeFirstOrThrow();
     const app = await createApp(
       { db: database.db, cursors: new CursorCodec(secret.value), log },
       {
         bodyLimitBytes: config.bodyLimitBytes,
-        isReady: async () => (await database.pool.query('SELECT 1')).rowCount === 1,
+        apiKeys: new ApiKeys(apiKeys),
+        isReady: async () => !draining && (await database.pool.query('SELECT 1')).rowCount === 1,
       },
     );
     server = await new Promise<Server>((resolve, reject) => {
       const s = app.listen(config.port, config.host, () => resolve(s));
       s.once('error', reject);
     });
+    const pruning = setInterval(() => {
+      pruneIdempotencyKeys(database.db).catch((err: unknown) => log.warn({ err }, 'pruning idempotency keys failed'));
+    }, 10 * 60_000);
+    pruning.unref();
+    // No request may hold a socket forever (slow clients, stuck handlers).
+    server.requestTimeout = config.requestTimeoutMs;
+    server.headersTimeout = Math.min(config.requestTimeoutMs, 20_000);
     const address = server.address();
     const port = typeof address === 'object' && address ? address.port : config.port;
     const listening = server;
@@ -73,10 +96,22 @@ export async function startService(config: Config, log: Logger = pino({ level: c
       url: `http://${config.host}:${port}`,
       databaseUrl,
       postgresVersion,
+      generatedApiKey,
       database,
       log,
+      /**
+       * Graceful: readiness fails, the listener stops accepting, in-flight requests finish (idle
+       * keep-alive sockets are closed; stragglers are cut after the grace period), the pool
+       * drains, then the embedded database stops.
+       */
       async stop() {
-        await new Promise<void>((resolve) => listening.close(() => resolve()));
+        draining = true;
+        clearInterval(pruning);
+        const closed = new Promise<void>((resolve) => listening.close(() => resolve()));
+        listening.closeIdleConnections();
+        const grace = setTimeout(() => listening.closeAllConnections(), config.shutdownGraceMs);
+        await closed;
+        clearTimeout(grace);
         await database.close();
         await embedded?.stop();
       },

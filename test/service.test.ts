@@ -3,7 +3,7 @@ import pg from 'pg';
 import { openDatabase } from '../src/db/database.js';
 import { ensureDatabase } from '../src/db/embedded.js';
 import { migrateToLatest } from '../src/db/migrate.js';
-import { startTestApp, type TestApp } from './support/app.js';
+import { startTestApp, TEST_API_KEY, type TestApp } from './support/app.js';
 
 let app: TestApp;
 test.before(async () => {
@@ -62,22 +62,22 @@ test('readyz is 503 while the database refuses connections and recovers after', 
   t.is((await app.fetch('/api/users')).status, 200);
 });
 
-test('two migrators starting at once apply each migration exactly once', async (t) => {
+test('four migrators starting at once apply each migration exactly once', async (t) => {
   const name = `migrate_${process.pid}`;
   await ensureDatabase(process.env.TEST_PG_ADMIN_URL!, name);
   const url = `${process.env.TEST_PG_ADMIN_URL}/${name}`;
   const first = openDatabase(url);
   const second = openDatabase(url);
+  const others = [openDatabase(url), openDatabase(url)];
   try {
-    const [a, b] = await Promise.all([migrateToLatest(first.db), migrateToLatest(second.db)]);
-    const applied = [...a, ...b].sort();
+    const results = await Promise.all([first, second, ...others].map((d) => migrateToLatest(d.db)));
+    const applied = results.flat().sort();
     const { rows } = await first.pool.query<{ name: string }>('SELECT name FROM kysely_migration ORDER BY name');
     t.deepEqual(applied, rows.map((r) => r.name));
     t.true(rows.length >= 1);
     t.deepEqual(await migrateToLatest(first.db), []);
   } finally {
-    await first.close();
-    await second.close();
+    await Promise.all([first, second, ...others].map((d) => d.close()));
   }
 });
 
@@ -87,7 +87,7 @@ test('an unexpected failure is a 500 problem without internals', async (t) => {
   try {
     await broken.database.pool.query('ALTER TABLE users RENAME TO users_gone');
     // Plain fetch: the spec rightly declares no 500, so the validating client would refuse it.
-    const response = await fetch(`${broken.url}/api/users`);
+    const response = await fetch(`${broken.url}/api/users`, { headers: { Authorization: `Bearer ${TEST_API_KEY}` } });
     t.is(response.status, 500);
     t.is(response.headers.get('content-type'), 'application/problem+json');
     const problem = await response.json();

@@ -1,5 +1,6 @@
 import { Kysely, PostgresDialect } from 'kysely';
 import pg from 'pg';
+import { preparingClient } from './prepared.js';
 import type { Database } from './schema.js';
 
 // How values cross from PostgreSQL into TypeScript, decided once:
@@ -48,10 +49,14 @@ export function openDatabase(connectionString: string, options: PoolOptions = {}
     types,
   });
   // An idle client losing its connection (database restart) must not crash the process.
-  pool.on('error', options.onError ?? (() => {}));
+  const onError = options.onError ?? (() => {});
+  pool.on('error', onError);
+  // A checked-out client can also receive a server error between queries (e.g. an admin
+  // shutdown); without a listener that error event would crash the process.
+  pool.on('connect', (client) => client.on('error', onError));
   // Failing to get a connection means the database is unavailable (a 503), whatever pg's message.
   const connect = () =>
-    pool.connect().catch((err: unknown) => {
+    pool.connect().then(preparingClient, (err: unknown) => {
       throw new DatabaseUnavailableError(err);
     });
   const db = new Kysely<Database>({ dialect: new PostgresDialect({ pool: { connect, end: () => pool.end() } }) });

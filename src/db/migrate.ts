@@ -26,6 +26,20 @@ class SqlFileMigrationProvider implements MigrationProvider {
  * advisory lock first, so two processes starting at once apply each migration exactly once.
  */
 export async function migrateToLatest(db: Kysely<any>): Promise<string[]> {
+  // Kysely locks only around applying migrations; creating its own bookkeeping tables
+  // (CREATE TABLE IF NOT EXISTS) races on a fresh database. One session-level advisory lock
+  // held on one connection serializes the whole run across processes.
+  return db.connection().execute(async (connection) => {
+    await sql`SELECT pg_advisory_lock(hashtext('subscriptions-api migrations'))`.execute(connection);
+    try {
+      return await applyPending(connection);
+    } finally {
+      await sql`SELECT pg_advisory_unlock(hashtext('subscriptions-api migrations'))`.execute(connection);
+    }
+  });
+}
+
+async function applyPending(db: Kysely<any>): Promise<string[]> {
   const migrator = new Migrator({ db, provider: new SqlFileMigrationProvider(migrationsDir) });
   const { error, results } = await migrator.migrateToLatest();
   if (error) {

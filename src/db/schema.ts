@@ -51,10 +51,47 @@ export interface ServiceSecretsTable {
   value: string;
 }
 
+export interface IdempotencyKeysTable {
+  client: string;
+  key: string;
+  request_hash: string;
+  status: number | null;
+  response_headers: ColumnType<Record<string, string> | null, string | null, string | null>;
+  response_body: ColumnType<unknown, string | null, string | null>;
+  created_at: ColumnType<Date, never, never>;
+}
+
+/** Aggregates kept by the triggers of db/migrations/0002_analytics.sql; totals are spread over slots. */
+export interface AnalyticsStatusTotalsTable {
+  status: SubscriptionStatus;
+  billing_period: BillingPeriod;
+  slot: number;
+  subscription_count: number;
+  plan_cost_sum: Numeric;
+}
+
+export interface AnalyticsMonthRevenueTable {
+  /** First day of the month, 'YYYY-MM-DD'. */
+  month: string;
+  slot: number;
+  subscription_count: number;
+  plan_cost_sum: Numeric;
+}
+
+export interface AnalyticsUserTotalsTable {
+  user_id: number;
+  subscription_count: number;
+  plan_cost_sum: Numeric;
+}
+
 export interface Database {
+  analytics_status_totals: AnalyticsStatusTotalsTable;
+  analytics_month_revenue: AnalyticsMonthRevenueTable;
+  analytics_user_totals: AnalyticsUserTotalsTable;
   users: UsersTable;
   features: FeaturesTable;
   subscriptions: SubscriptionsTable;
   subscription_features: SubscriptionFeaturesTable;
   service_secrets: ServiceSecretsTable;
+  idempotency_keys: IdempotencyKeysTable;
 }

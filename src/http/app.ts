@@ -10,14 +10,20 @@ import type { Ajv, ErrorObject } from 'ajv';
 import YAML from 'yaml';
 import { projectRoot } from '../config.js';
 import type { Deps } from '../deps.js';
+import { analyticsHandlers } from '../resources/analytics.js';
 import { userHandlers } from '../resources/users.js';
+import { subscriptionHandlers } from '../resources/subscriptions.js';
+import { featureHandlers } from '../resources/features.js';
+import { subscriptionFeatureHandlers } from '../resources/subscription-features.js';
 import type { OperationHandlers } from './operation.js';
-import { problemFromPgError } from './pg-errors.js';
+import { ApiKeys } from './auth.js';
+import { idempotency } from './idempotency.js';
+import { toApiError } from './pg-errors.js';
 import { ApiError } from './problem.js';
 import { validationProblem } from './validation.js';
+import { registerDocsRoutes } from './docs.js';
 
 export const specPath = path.join(projectRoot, 'openapi', 'openapi.yaml');
-export const docsPath = path.join(projectRoot, 'docs', 'index.html');
 
 /** The spec as written and as parsed, read once. */
 export function loadSpec(): { yaml: string; document: Document } {
@@ -27,6 +33,7 @@ export function loadSpec(): { yaml: string; document: Document } {
 
 export interface AppOptions {
   bodyLimitBytes: number;
+  apiKeys: ApiKeys;
   /** Answers whether the database is reachable, for /readyz. */
   isReady: () => Promise<boolean>;
 }
@@ -35,7 +42,7 @@ const BODY_METHODS = new Set(['POST', 'PUT', 'PATCH']);
 const JSON_TYPES = ['application/json', 'application/merge-patch+json', 'application/*+json'];
 
 /** Builds openapi-backend with real format checks, registers every handler by operationId. */
-export async function createApi(document: Document, handlers: OperationHandlers): Promise<OpenAPIBackend> {
+export async function createApi(document: Document, handlers: OperationHandlers, apiKeys?: ApiKeys): Promise<OpenAPIBackend> {
   const api = new OpenAPIBackend({
     definition: structuredClone(document),
     apiRoot: '/api',
@@ -66,6 +73,9 @@ export async function createApi(document: Document, handlers: OperationHandlers)
     notFound: (c: OperationContext) => {
       throw new ApiError(404, `no resource at ${c.request.path}`);
     },
+    notImplemented: (c: OperationContext) => {
+      throw new ApiError(501, `${c.operation.operationId ?? 'this operation'} is not implemented yet`);
+    },
     methodNotAllowed: (c: OperationContext, ctx: Koa.Context) => {
       const allowed = ['get', 'post', 'put', 'patch', 'delete'].filter((method) =>
         api.router.matchOperation({ method, path: ctx.path, headers: {} }) !== undefined,
@@ -75,6 +85,18 @@ export async function createApi(document: Document, handlers: OperationHandlers)
       });
     },
   });
+  if (apiKeys) {
+    // The spec's security scheme, checked before validation: no key, no information about the request.
+    api.registerSecurityHandler('ApiKey', (c: OperationContext) => {
+      const header = c.request.headers.authorization;
+      return apiKeys.verify(ApiKeys.fromHeader(Array.isArray(header) ? header[0] : header));
+    });
+    api.register('unauthorizedHandler', () => {
+      throw new ApiError(401, 'a valid API key is required: send Authorization: Bearer <key>', undefined, {
+        'WWW-Authenticate': 'Bearer realm="api"',
+      });
+    });
+  }
   await api.init();
   return api;
 }
@@ -82,7 +104,7 @@ export async function createApi(document: Document, handlers: OperationHandlers)
 /** The Koa application: problem errors, request ids, body parsing, the spec and docs, then /api. */
 export async function createApp(deps: Deps, options: AppOptions): Promise<Koa> {
   const spec = loadSpec();
-  const api = await createApi(spec.document, { ...userHandlers(deps) });
+  const api = await createApi(spec.document, { ...userHandlers(deps), ...subscriptionHandlers(deps), ...featureHandlers(deps), ...subscriptionFeatureHandlers(deps), ...analyticsHandlers(deps) }, options.apiKeys);
   const specJson = JSON.stringify(spec.document);
 
   const app = new Koa();
@@ -93,7 +115,12 @@ export async function createApp(deps: Deps, options: AppOptions): Promise<Koa> {
     const incoming = ctx.get('X-Request-Id');
     const requestId = /^[\w.:-]{1,100}$/.test(incoming) ? incoming : randomUUID();
     ctx.state.requestId = requestId;
+    // Every log line about this request carries its id.
+    const log = deps.log.child({ requestId });
+    ctx.state.log = log;
     ctx.set('X-Request-Id', requestId);
+    ctx.set('X-Content-Type-Options', 'nosniff');
+    if (ctx.path === '/api' || ctx.path.startsWith('/api/')) ctx.set('Cache-Control', 'no-store');
     const started = process.hrtime.bigint();
     try {
       await next();
@@ -101,7 +128,7 @@ export async function createApp(deps: Deps, options: AppOptions): Promise<Koa> {
     } catch (err) {
       const problem = toApiError(err);
       if (!problem) {
-        deps.log.error({ err, requestId, method: ctx.method, path: ctx.path }, 'unexpected error');
+        log.error({ err, method: ctx.method, path: ctx.path }, 'unexpected error');
       }
       const apiError = problem ?? new ApiError(500, 'an unexpected error occurred; it has been logged with the request id');
       ctx.status = apiError.status;
@@ -110,7 +137,7 @@ export async function createApp(deps: Deps, options: AppOptions): Promise<Koa> {
       // Koa resets the type when an object is assigned to the body: set it after.
       ctx.type = 'application/problem+json';
     } finally {
-      deps.log.debug({ requestId, method: ctx.method, path: ctx.path, status: ctx.status, ms: Number(process.hrtime.bigint() - started) / 1e6 }, 'request');
+      log.info({ method: ctx.method, path: ctx.path, status: ctx.status, ms: Number(process.hrtime.bigint() - started) / 1e6 }, 'request');
     }
   });
 
@@ -131,6 +158,8 @@ export async function createApp(deps: Deps, options: AppOptions): Promise<Koa> {
     }),
   );
 
+  app.use(idempotency(deps.db));
+
   const router = new Router();
   router.get('/healthz', (ctx) => {
     ctx.body = { status: 'ok' };
@@ -148,11 +177,7 @@ export async function createApp(deps: Deps, options: AppOptions): Promise<Koa> {
     ctx.type = 'application/yaml';
     ctx.body = spec.yaml;
   });
-  router.get('/docs', (ctx) => {
-    if (!fs.existsSync(docsPath)) throw new ApiError(404, 'the documentation is not built; run make docs');
-    ctx.type = 'text/html';
-    ctx.body = fs.createReadStream(docsPath);
-  });
+  registerDocsRoutes(router);
   router.all('/api{/*rest}', async (ctx) => {
     await api.handleRequest(
       { method: ctx.method, path: ctx.path, query: ctx.querystring, headers: ctx.headers as Record<string, string>, body: ctx.request.body },
@@ -161,19 +186,4 @@ export async function createApp(deps: Deps, options: AppOptions): Promise<Koa> {
   });
   app.use(router.routes());
   return app;
-}
-
-/** A known, client-facing error, or undefined for what must be logged and answered as a 500. */
-function toApiError(err: unknown): ApiError | undefined {
-  if (err instanceof ApiError) return err;
-  const pg = problemFromPgError(err);
-  if (pg) return pg;
-  // Errors from koa-bodyparser / raw-body carry a 4xx status and a safe message.
-  const status = (err as { status?: unknown; expose?: unknown } | null)?.status;
-  if (typeof status === 'number' && status >= 400 && status < 500) {
-    const detail =
-      status === 413 ? 'the body is larger than the limit' : status === 400 ? `the body is not valid JSON: ${(err as Error).message}` : (err as Error).message;
-    return new ApiError(status, detail);
-  }
-  return undefined;
 }

@@ -88,3 +88,18 @@ export function problemFromPgError(err: unknown): ApiError | undefined {
   }
   return undefined;
 }
+
+/** A known, client-facing error, or undefined for what must be logged and answered as a 500. */
+export function toApiError(err: unknown): ApiError | undefined {
+  if (err instanceof ApiError) return err;
+  const pg = problemFromPgError(err);
+  if (pg) return pg;
+  // Errors from koa-bodyparser / raw-body carry a 4xx status and a safe message.
+  const status = (err as { status?: unknown; expose?: unknown } | null)?.status;
+  if (typeof status === 'number' && status >= 400 && status < 500) {
+    const detail =
+      status === 413 ? 'the body is larger than the limit' : status === 400 ? `the body is not valid JSON: ${(err as Error).message}` : (err as Error).message;
+    return new ApiError(status, detail);
+  }
+  return undefined;
+}

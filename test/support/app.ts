@@ -10,6 +10,9 @@ import { ensureDatabase } from '../../src/db/embedded.js';
 import { createApi, loadSpec } from '../../src/http/app.js';
 import { startService, type RunningService } from '../../src/service.js';
 
+/** The key every test client sends (the service under test accepts only it). */
+export const TEST_API_KEY = `test_${randomBytes(12).toString('hex')}`;
+
 /** Statuses any request can meet without the operation declaring them. */
 const UNDECLARED_OK = new Set([405, 413, 503]);
 
@@ -78,9 +81,9 @@ const validating: Middleware = {
 /** Starts the service on a free port over a fresh database. */
 export async function startTestApp(env: Record<string, string> = {}): Promise<TestApp> {
   const databaseUrl = await createTestDatabase();
-  const config = { ...loadConfig({ ...process.env, ...env }), databaseUrl, port: 0, host: '127.0.0.1' };
+  const config = { ...loadConfig({ ...process.env, ...env }), databaseUrl, port: 0, host: '127.0.0.1', apiKeys: [TEST_API_KEY] };
   const service = await startService(config, pino({ level: process.env.TEST_LOG_LEVEL ?? 'silent' }));
-  const client = createClient<paths>({ baseUrl: `${service.url}/api` });
+  const client = createClient<paths>({ baseUrl: `${service.url}/api`, headers: { Authorization: `Bearer ${TEST_API_KEY}` } });
   client.use(validating);
   const database = openDatabase(databaseUrl);
   return {
@@ -88,7 +91,9 @@ export async function startTestApp(env: Record<string, string> = {}): Promise<Te
     client,
     async fetch(path, init) {
       const method = init?.method ?? 'GET';
-      const response = await fetch(`${service.url}${path}`, init);
+      const headers = new Headers(init?.headers);
+      if (!headers.has('Authorization')) headers.set('Authorization', `Bearer ${TEST_API_KEY}`);
+      const response = await fetch(`${service.url}${path}`, { ...init, headers });
       await checkResponse(method, new URL(`${service.url}${path}`), response);
       return response;
     },
