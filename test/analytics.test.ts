@@ -10,20 +10,14 @@ import { projectRoot } from '../src/config.js';
 import type { Database } from '../src/db/schema.js';
 import { loadSpec } from '../src/http/app.js';
 import { readAnalytics } from '../src/resources/analytics.js';
-import { startTestApp, type TestApp } from './support/app.js';
+import { useTestApp } from './support/app.js';
 
 type Analytics = components['schemas']['Analytics'];
 type Metrics = Omit<Analytics, 'as_of'>;
 
 // The tests share one database and each expects to be alone on it (the zero state, whole-table
 // comparisons), so they run one after another.
-let app: TestApp;
-test.before(async () => {
-  app = await startTestApp();
-});
-test.after.always(async () => {
-  await app?.close();
-});
+const app = useTestApp(test);
 
 type Status = components['schemas']['SubscriptionStatus'];
 const STATUSES = (loadSpec().document.components?.schemas as Record<string, { enum?: Status[] }>).SubscriptionStatus!.enum!;

@@ -1,13 +1,7 @@
 import test from 'ava';
-import { startTestApp, type TestApp } from './support/app.js';
+import { useTestApp } from './support/app.js';
 
-let app: TestApp;
-test.before(async () => {
-  app = await startTestApp();
-});
-test.after.always(async () => {
-  await app?.close();
-});
+const app = useTestApp(test);
 
 let serial = 0;
 const unique = (prefix: string) => `${prefix} ${process.pid}.${++serial}`;

@@ -1,15 +1,9 @@
 /** Resource limits (OWASP API4): slow queries and an exhausted pool answer 503 with Retry-After instead of hanging. */
 import test from 'ava';
 import pg from 'pg';
-import { startTestApp, type TestApp } from './support/app.js';
+import { useTestApp } from './support/app.js';
 
-let app: TestApp;
-test.before(async () => {
-  app = await startTestApp({ STATEMENT_TIMEOUT_MS: '300', PG_POOL_SIZE: '1', PG_CONNECTION_TIMEOUT_MS: '200' });
-});
-test.after.always(async () => {
-  await app?.close();
-});
+const app = useTestApp(test, { STATEMENT_TIMEOUT_MS: '300', PG_POOL_SIZE: '1', PG_CONNECTION_TIMEOUT_MS: '200' });
 
 test('a query that runs past statement_timeout and a request that finds no free connection are 503s with Retry-After', async (t) => {
   // Another session holds a lock every read of users must wait for.

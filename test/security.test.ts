@@ -1,14 +1,8 @@
 import test from 'ava';
 import { ApiKeys } from '../src/http/auth.js';
-import { startTestApp, TEST_API_KEY, type TestApp } from './support/app.js';
+import { useTestApp, TEST_API_KEY } from './support/app.js';
 
-let app: TestApp;
-test.before(async () => {
-  app = await startTestApp();
-});
-test.after.always(async () => {
-  await app?.close();
-});
+const app = useTestApp(test);
 
 let serial = 0;
 const email = () => `sec.${process.pid}.${++serial}@example.com`;

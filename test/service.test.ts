@@ -3,15 +3,9 @@ import pg from 'pg';
 import { openDatabase } from '../src/db/database.js';
 import { ensureDatabase } from '../src/db/embedded.js';
 import { migrateToLatest } from '../src/db/migrate.js';
-import { startTestApp, TEST_API_KEY, type TestApp } from './support/app.js';
+import { useTestApp, startTestApp, TEST_API_KEY } from './support/app.js';
 
-let app: TestApp;
-test.before(async () => {
-  app = await startTestApp();
-});
-test.after.always(async () => {
-  await app?.close();
-});
+const app = useTestApp(test);
 
 test('healthz answers 200 and the spec is served as JSON and YAML', async (t) => {
   t.is((await app.fetch('/healthz')).status, 200);

@@ -1,18 +1,12 @@
 import test from 'ava';
 import type { components, operations } from '../generated/api.js';
-import { startTestApp, type TestApp } from './support/app.js';
+import { useTestApp } from './support/app.js';
 
 type Subscription = components['schemas']['Subscription'];
 type SubscriptionCreate = components['schemas']['SubscriptionCreate'];
 type ListQuery = NonNullable<operations['listSubscriptions']['parameters']['query']>;
 
-let app: TestApp;
-test.before(async () => {
-  app = await startTestApp();
-});
-test.after.always(async () => {
-  await app?.close();
-});
+const app = useTestApp(test);
 
 let serial = 0;
 const unique = (prefix: string) => `${prefix}.${process.pid}.${++serial}`;

@@ -1,4 +1,5 @@
 import { randomBytes } from 'node:crypto';
+import type { TestFn } from 'ava';
 import createClient, { type Client, type Middleware } from 'openapi-fetch';
 import { Ajv } from 'ajv';
 import addFormats from 'ajv-formats';
@@ -105,4 +106,19 @@ export async function startTestApp(env: Record<string, string> = {}): Promise<Te
       await service.stop();
     },
   };
+}
+
+/**
+ * The service for one test file: started before its tests, stopped after them all. The returned
+ * object is filled in by the before hook, so tests use it as they would the TestApp itself.
+ */
+export function useTestApp(test: TestFn, env: Record<string, string> = {}): TestApp {
+  const app = {} as TestApp;
+  test.before(async () => {
+    Object.assign(app, await startTestApp(env));
+  });
+  test.after.always(async () => {
+    await app.close?.();
+  });
+  return app;
 }
