@@ -1,6 +1,6 @@
 import test from 'ava';
 import { openDatabase, type DatabaseHandle } from '../src/db/database.js';
-import { SEEDED_TABLES, SeedRefusedError, seedDatabase, seedIfEmpty, type SeedParameters } from '../src/db/seed.js';
+import { ANALYTICS_TABLES, SEEDED_TABLES, SeedRefusedError, seedDatabase, seedIfEmpty, type SeedParameters } from '../src/db/seed.js';
 import { createTestDatabase, startTestApp } from './support/app.js';
 
 // A few thousand rows; a fixed `today` so that two seeds compare equal whenever they run.
@@ -35,7 +35,7 @@ async function contentHashes(db: DatabaseHandle): Promise<Record<string, string>
 
 const count = async (db: DatabaseHandle, sql: string, params: unknown[] = []) => Number((await db.pool.query(sql, params)).rows[0].count);
 
-/** Every constraint, index and trigger of the seeded tables, as the catalog defines them. */
+/** Every constraint, index and trigger of the seeded and the analytics tables, as the catalog defines them. */
 async function schemaSnapshot(db: DatabaseHandle) {
   const { rows } = await db.pool.query(
     `SELECT 'constraint' AS kind, conrelid::regclass::text AS on_table, conname AS name, pg_get_constraintdef(oid) AS def, convalidated::text AS state
@@ -47,7 +47,7 @@ async function schemaSnapshot(db: DatabaseHandle) {
      SELECT 'trigger', tgrelid::regclass::text, tgname, pg_get_triggerdef(oid), tgenabled::text
      FROM pg_trigger WHERE tgrelid = ANY ($1::regclass[]) AND NOT tgisinternal
      ORDER BY 1, 2, 3`,
-    [SEEDED_TABLES],
+    [[...SEEDED_TABLES, ...ANALYTICS_TABLES]],
   );
   return rows as Array<{ kind: string; on_table: string; name: string; def: string; state: string }>;
 }

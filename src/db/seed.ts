@@ -17,6 +17,8 @@ export const seedSqlPath = path.join(projectRoot, 'db', 'seed.sql');
 /** The tables the seed fills (and, with reset, empties). */
 export const SEEDED_TABLES = ['users', 'features', 'subscriptions', 'subscription_features'] as const;
 type SeededTable = (typeof SEEDED_TABLES)[number];
+/** Where migration 0002 keeps the analytics aggregates, all derived from subscriptions. */
+export const ANALYTICS_TABLES = ['analytics_status_totals', 'analytics_month_revenue', 'analytics_user_totals'];
 
 export interface SeedParameters {
   users: number;
@@ -171,11 +173,17 @@ export async function seedDatabase(pool: pg.Pool, parameters: SeedParameters, op
 
     const { rows: setAside } = await client.query<SetAside>(SET_ASIDE, [SEEDED_TABLES]);
     const ofKind = (...kinds: SetAside['kind'][]) => setAside.filter((s) => kinds.includes(s.kind));
+    // The analytics aggregates (migration 0002) are recomputed from the loaded rows below. Emptied
+    // with the tables and without their keys until then: analytics_rebuild()'s DELETE would leave
+    // the old rows as dead index entries for every insert to check (measured 1.9 s vs 0.8 s).
+    const { rows: [analytics] } = await client.query<{ present: boolean }>(`SELECT to_regprocedure('analytics_rebuild()') IS NOT NULL AS present`);
+    const analyticsTables = analytics?.present ? ANALYTICS_TABLES : [];
+    const { rows: analyticsKeys } = await client.query<SetAside>(SET_ASIDE, [analyticsTables]);
     // Foreign keys first: they depend on the keys they reference.
-    for (const s of [...ofKind('trigger', 'foreign key'), ...ofKind('key', 'index')]) await client.query(s.drop_sql);
-    await client.query(`TRUNCATE ${SEEDED_TABLES.join(', ')} RESTART IDENTITY`);
+    for (const s of [...ofKind('trigger', 'foreign key'), ...ofKind('key', 'index'), ...analyticsKeys]) await client.query(s.drop_sql);
+    await client.query(`TRUNCATE ${[...SEEDED_TABLES, ...analyticsTables].join(', ')} RESTART IDENTITY`);
     done(
-      `set aside ${ofKind('key', 'index').length} keys and indexes, ${ofKind('foreign key').length} foreign keys, ` +
+      `set aside ${ofKind('key', 'index').length + analyticsKeys.length} keys and indexes, ${ofKind('foreign key').length} foreign keys, ` +
         `${ofKind('trigger').length} triggers; truncated`,
     );
 
@@ -197,10 +205,10 @@ export async function seedDatabase(pool: pg.Pool, parameters: SeedParameters, op
     const { rows: sequences } = await client.query<{ sql: string }>(IDENTITY_SEQUENCES, [SEEDED_TABLES]);
     for (const s of sequences) await client.query(s.sql);
     // The aggregates the analytics triggers would have maintained row by row, computed in one pass.
-    const { rows: [analytics] } = await client.query<{ present: boolean }>(`SELECT to_regprocedure('analytics_rebuild()') IS NOT NULL AS present`);
     if (analytics?.present) {
       await client.query('SELECT analytics_rebuild()');
-      done('analytics_rebuild()');
+      for (const s of analyticsKeys) await client.query(s.restore_sql);
+      done(`analytics_rebuild() and ${analyticsKeys.length} keys and indexes`);
     }
     for (const s of ofKind('foreign key')) await client.query(s.restore_sql);
     done(`foreign keys: ${ofKind('foreign key').length} validated`);
