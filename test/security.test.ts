@@ -1,5 +1,12 @@
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
 import test from 'ava';
+import { pino } from 'pino';
+import { loadConfig } from '../src/config.js';
 import { ApiKeys } from '../src/http/auth.js';
+import { loadSpec } from '../src/http/app.js';
+import { startService } from '../src/service.js';
 import { useTestApp, TEST_API_KEY } from './support/app.js';
 
 const app = useTestApp(test);
@@ -35,9 +42,88 @@ test('without a valid key every /api operation is a 401 problem that reveals not
   t.is(await usersWithEmail('intruder@example.com'), 0);
 });
 
+// Other tests of this file store keys at the same time: count only this test's.
+const intruderKeys = async () => Number((await app.database.pool.query("SELECT count(*) FROM idempotency_keys WHERE key LIKE 'intruder-%'")).rows[0].count);
+
+test('every operation of the spec, whatever the body, is a 401 before anything else without a valid key', async (t) => {
+  const paths = loadSpec().document.paths as Record<string, Record<string, unknown>>;
+  const bodies: Array<[string, RequestInit]> = [
+    ['no body', {}],
+    ['valid JSON', { headers: { 'content-type': 'application/json' }, body: '{"name":"Intruder","email":"intruder@example.com"}' }],
+    ['broken JSON', { headers: { 'content-type': 'application/json' }, body: '{"name":' }],
+    ['not JSON', { headers: { 'content-type': 'text/plain' }, body: 'hello' }],
+    ['too large', { headers: { 'content-type': 'application/json' }, body: JSON.stringify({ name: 'x'.repeat(200_000) }) }],
+  ];
+  let requests = 0;
+  for (const [template, item] of Object.entries(paths)) {
+    const url = `${app.url}/api${template.replace(/\{[^}]+\}/g, '1')}`;
+    for (const method of Object.keys(item).filter((m) => ['get', 'post', 'put', 'patch', 'delete'].includes(m))) {
+      for (const [label, init] of method === 'get' || method === 'delete' ? bodies.slice(0, 1) : bodies) {
+        for (const authorization of [undefined, 'Bearer wrong-key']) {
+          const headers = new Headers(init.headers);
+          if (authorization) headers.set('Authorization', authorization);
+          headers.set('Idempotency-Key', `intruder-${requests}`);
+          const response = await fetch(url, { ...init, method: method.toUpperCase(), headers });
+          requests++;
+          t.is(response.status, 401, `${method.toUpperCase()} ${template} (${label}, ${authorization ?? 'no key'})`);
+          t.is(response.headers.get('content-type'), 'application/problem+json');
+        }
+      }
+    }
+  }
+  t.log(`${requests} requests without a valid key`);
+  // Nothing was parsed into the idempotency store, and nobody was created.
+  t.is(await intruderKeys(), 0);
+  t.is(await usersWithEmail('intruder@example.com'), 0);
+});
+
+test('a key removed from API_KEYS is refused, and replays nothing stored under it', async (t) => {
+  const key = `replayed-${process.pid}`;
+  const address = email();
+  const first = await app.fetch('/api/users', json({ name: 'Kept', email: address }, { 'Idempotency-Key': key }));
+  t.is(first.status, 201);
+  // The same database, restarted with the key revoked.
+  const config = { ...loadConfig(process.env), databaseUrl: app.databaseUrl, port: 0, host: '127.0.0.1', apiKeys: ['the-new-key'] };
+  const revoked = await startService(config, pino({ level: 'silent' }));
+  try {
+    const retry = await fetch(`${revoked.url}/api/users`, json({ name: 'Kept', email: address }, { 'Idempotency-Key': key, Authorization: `Bearer ${TEST_API_KEY}` }));
+    t.is(retry.status, 401);
+    t.is(retry.headers.get('idempotent-replayed'), null);
+    t.notRegex(await retry.text(), /Kept|sec\./);
+  } finally {
+    await revoked.stop();
+  }
+});
+
 test('health, readiness, docs and the spec stay open', async (t) => {
-  for (const path of ['/healthz', '/readyz', '/openapi.json', '/openapi.yaml']) {
+  for (const path of ['/healthz', '/readyz', '/openapi.json', '/openapi.yaml', '/docs', '/docs/swagger/']) {
     t.is((await fetch(`${app.url}${path}`)).status, 200, path);
+  }
+});
+
+test('without API_KEYS a key is generated once, kept owner-only under DATA_DIR, and works', async (t) => {
+  const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'keys-'));
+  const config = { ...loadConfig(process.env), databaseUrl: app.databaseUrl, dataDir, port: 0, host: '127.0.0.1', apiKeys: [] };
+  try {
+    const keys: string[] = [];
+    for (let start = 0; start < 2; start++) {
+      const service = await startService(config, pino({ level: 'silent' }));
+      try {
+        t.truthy(service.generatedApiKey);
+        keys.push(service.generatedApiKey!);
+        const ok = await fetch(`${service.url}/api/users?limit=1`, { headers: { Authorization: `Bearer ${service.generatedApiKey}` } });
+        t.is(ok.status, 200);
+        t.is((await fetch(`${service.url}/api/users?limit=1`, { headers: { Authorization: `Bearer ${TEST_API_KEY}` } })).status, 401);
+      } finally {
+        await service.stop();
+      }
+    }
+    t.is(keys[0], keys[1], 'the second start uses the kept key');
+    const file = path.join(dataDir, 'api-key');
+    t.deepEqual([fs.readFileSync(file, 'utf8').trim()], keys.slice(0, 1));
+    t.is(fs.statSync(file).mode & 0o777, 0o600);
+  } finally {
+    fs.rmSync(dataDir, { recursive: true, force: true });
   }
 });
 

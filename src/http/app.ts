@@ -16,7 +16,7 @@ import { subscriptionHandlers } from '../resources/subscriptions.js';
 import { featureHandlers } from '../resources/features.js';
 import { subscriptionFeatureHandlers } from '../resources/subscription-features.js';
 import type { OperationHandlers } from './operation.js';
-import { ApiKeys } from './auth.js';
+import { ApiKeys, authenticate, isApiPath, unauthorized } from './auth.js';
 import { idempotency } from './idempotency.js';
 import { toApiError } from './pg-errors.js';
 import { ApiError } from './problem.js';
@@ -92,9 +92,7 @@ export async function createApi(document: Document, handlers: OperationHandlers,
       return apiKeys.verify(ApiKeys.fromHeader(Array.isArray(header) ? header[0] : header));
     });
     api.register('unauthorizedHandler', () => {
-      throw new ApiError(401, 'a valid API key is required: send Authorization: Bearer <key>', undefined, {
-        'WWW-Authenticate': 'Bearer realm="api"',
-      });
+      throw unauthorized();
     });
   }
   await api.init();
@@ -120,7 +118,7 @@ export async function createApp(deps: Deps, options: AppOptions): Promise<Koa> {
     ctx.state.log = log;
     ctx.set('X-Request-Id', requestId);
     ctx.set('X-Content-Type-Options', 'nosniff');
-    if (ctx.path === '/api' || ctx.path.startsWith('/api/')) ctx.set('Cache-Control', 'no-store');
+    if (isApiPath(ctx.path)) ctx.set('Cache-Control', 'no-store');
     const started = process.hrtime.bigint();
     try {
       await next();
@@ -140,6 +138,8 @@ export async function createApp(deps: Deps, options: AppOptions): Promise<Koa> {
       log.info({ method: ctx.method, path: ctx.path, status: ctx.status, ms: Number(process.hrtime.bigint() - started) / 1e6 }, 'request');
     }
   });
+
+  app.use(authenticate(options.apiKeys));
 
   // A body must be JSON; anything else is refused before parsing.
   app.use(async (ctx, next) => {

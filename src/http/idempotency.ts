@@ -3,7 +3,7 @@ import type { Kysely } from 'kysely';
 import { sql } from 'kysely';
 import type Koa from 'koa';
 import type { Database } from '../db/schema.js';
-import { ApiKeys } from './auth.js';
+import { isApiPath } from './auth.js';
 import { toApiError } from './pg-errors.js';
 import { ApiError, badRequest, conflict } from './problem.js';
 
@@ -14,11 +14,9 @@ const ABANDONED_AFTER = "interval '60 seconds'";
 /** Response headers a replay repeats. */
 const REPLAYED_HEADERS = ['location', 'etag', 'content-type'];
 
-const isApiPath = (path: string) => path === '/api' || path.startsWith('/api/');
-
 /**
  * Idempotency-Key on POST, as Stripe designed it: the first request with a key claims it; its
- * response (2xx or 4xx, never a 5xx or 401) is stored with a hash of the request and replayed to
+ * response (2xx or 4xx, never a 5xx) is stored with a hash of the request and replayed to
  * every retry for 24 hours, so a retry creates nothing new. The same key with another request is
  * a 422; a retry while the first is still running is a 409. Keys are scoped to the API key.
  */
@@ -29,10 +27,8 @@ export function idempotency(db: Kysely<Database>): Koa.Middleware {
     if (key.length > 255) {
       throw badRequest('Idempotency-Key is longer than 255 characters', [{ parameter: 'Idempotency-Key', message: 'must be 1 to 255 characters' }]);
     }
-    const token = ApiKeys.fromHeader(ctx.get('Authorization'));
-    // Without credentials the request ends in a 401 below; there is nothing to remember.
-    if (!token) return next();
-    const client = ApiKeys.clientId(token);
+    // Set by authenticate(), which runs first: only a caller with a valid key gets this far.
+    const client = ctx.state.client as string;
     const path = ctx.path.replace(/\/+$/, '');
     const requestHash = createHash('sha256').update(`${path}\n${JSON.stringify(ctx.request.body ?? null)}`).digest('hex');
     const mine = db.selectFrom('idempotency_keys').where('client', '=', client).where('key', '=', key);
@@ -88,7 +84,7 @@ export function idempotency(db: Kysely<Database>): Koa.Middleware {
       await next();
     } catch (err) {
       const known = toApiError(err);
-      if (known && known.status < 500 && known.status !== 401) {
+      if (known && known.status < 500) {
         await store(known.status, { 'content-type': 'application/problem+json' }, known.toProblem(ctx.state.requestId as string));
       } else {
         // Nothing was decided: the client may retry with the same key.
@@ -96,7 +92,7 @@ export function idempotency(db: Kysely<Database>): Koa.Middleware {
       }
       throw err;
     }
-    if (ctx.status >= 500 || ctx.status === 401) {
+    if (ctx.status >= 500) {
       await forget();
       return;
     }
