@@ -857,6 +857,7 @@ export interface components {
          *     }
          */
         Analytics: {
+            /** @description The database time the answer is true for (the statement's `now()`); every figure is read in one snapshot at that time. */
             as_of: components["schemas"]["Timestamp"];
             /** @description Sum of `plan_cost` over subscriptions with status `active` (whatever their billing period). */
             total_recurring_revenue: components["schemas"]["Money"];
@@ -866,6 +867,7 @@ export interface components {
             monthly_revenue: {
                 /** @description The month, `YYYY-MM`. */
                 month: string;
+                /** @description Sum of `plan_cost` of the subscriptions (any status) starting in this month. */
                 revenue: components["schemas"]["Money"];
             }[];
             /** @description Up to 5 users with the highest sum of `plan_cost` over all their subscriptions (any status), highest first, ties by lower `user_id` first. Users without subscriptions are not listed. */
@@ -875,6 +877,7 @@ export interface components {
                 name: string;
                 /** @description The user's email. */
                 email: string;
+                /** @description Sum of `plan_cost` over all of this user's subscriptions (any status). */
                 total_value: components["schemas"]["Money"];
             }[];
             /** @description Number of subscriptions (any status). */
@@ -886,6 +889,7 @@ export interface components {
                 status: components["schemas"]["SubscriptionStatus"];
                 /** @description Number of subscriptions with this status. */
                 count: number;
+                /** @description Sum of `plan_cost` of the subscriptions with this status. */
                 revenue: components["schemas"]["Money"];
             }[];
             /** @description Monthly recurring revenue over `active` subscriptions, yearly plans normalized to a month as Stripe and ChartMogul normalize; exactly `round(sum of monthly plans' plan_cost + (sum of yearly plans' plan_cost) / 12, 2)` as PostgreSQL computes it (the yearly sum is divided once, so no per-row rounding drifts). */

@@ -391,6 +391,36 @@ test.serial('many parallel writers through the API: no 5xx (a deadlock would be 
 
 // ---- reconcile -------------------------------------------------------------------------------
 
+test.serial('the answer from the aggregates never reads subscriptions: it comes while another transaction locks the table', async (t) => {
+  await reset();
+  await app.database.pool.query(
+    "INSERT INTO users (name, email) SELECT 'User ' || i, 'lock' || i || '@example.com' FROM generate_series(1, 20) i",
+  );
+  await app.database.pool.query(
+    `INSERT INTO subscriptions (user_id, status, plan_cost, billing_period, start_date)
+     SELECT 1 + i % 20, (ARRAY['active','canceled'])[1 + i % 2], i * 1.25, 'month', current_date - i FROM generate_series(1, 300) i`,
+  );
+  const expected = await plainMetrics(app.database.db);
+  const locker = await app.database.pool.connect();
+  try {
+    await locker.query('BEGIN');
+    // Nothing can read subscriptions until this transaction ends, not even a plain SELECT.
+    await locker.query('LOCK TABLE subscriptions IN ACCESS EXCLUSIVE MODE');
+    const started = performance.now();
+    t.deepEqual(withoutAsOf(await getAnalytics()), expected);
+    t.log(`answered in ${(performance.now() - started).toFixed(0)} ms with subscriptions locked`);
+    // The lock is real: the base-table answer waits on it (and is abandoned here after 1 s).
+    const waiting = await app.fetch('/api/analytics?source=base_tables', { signal: AbortSignal.timeout(1000) }).then(
+      () => 'answered',
+      (err: Error) => err.name,
+    );
+    t.is(waiting, 'TimeoutError');
+  } finally {
+    await locker.query('ROLLBACK');
+    locker.release();
+  }
+});
+
 test.serial('make db-reconcile reports a corrupted aggregate (which key, stored vs actual) and repairs it', async (t) => {
   await reset();
   await app.database.pool.query("INSERT INTO users (name, email) SELECT 'User ' || i, 'r' || i || '@example.com' FROM generate_series(1, 5) i");
