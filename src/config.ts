@@ -29,12 +29,14 @@ export interface Config {
   /** Longest a request waits for a free database connection before answering 503. */
   connectionTimeoutMs: number;
   logLevel: string;
-  /** Longest a request may take end to end before its socket is closed. */
+  /** Longest a client may take to send a whole request (Node's server.requestTimeout): slow senders are cut off. */
   requestTimeoutMs: number;
   /** Accepted API keys (API_KEYS, comma-separated); empty: one generated key kept under dataDir. */
   apiKeys: string[];
   /** How long shutdown waits for in-flight requests. */
   shutdownGraceMs: number;
+  /** How long shutdown keeps serving with /readyz failing before it stops accepting (for load balancers). */
+  shutdownDelayMs: number;
 }
 
 export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
@@ -52,6 +54,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     logLevel: env.LOG_LEVEL || 'info',
     requestTimeoutMs: intFromEnv(env, 'REQUEST_TIMEOUT_MS', 30_000),
     shutdownGraceMs: intFromEnv(env, 'SHUTDOWN_GRACE_MS', 10_000),
+    shutdownDelayMs: intFromEnv(env, 'SHUTDOWN_DELAY_MS', 0),
     apiKeys: (env.API_KEYS ?? '').split(',').map((k) => k.trim()).filter(Boolean),
   };
 }

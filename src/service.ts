@@ -86,7 +86,8 @@ export async function startService(config: Config, log: Logger = pino({ level: c
       pruneIdempotencyKeys(database.db).catch((err: unknown) => log.warn({ err }, 'pruning idempotency keys failed'));
     }, 10 * 60_000);
     pruning.unref();
-    // No request may hold a socket forever (slow clients, stuck handlers).
+    // A client must send its whole request in time (slowloris); handlers are bounded by the
+    // statement and pool timeouts instead.
     server.requestTimeout = config.requestTimeoutMs;
     server.headersTimeout = Math.min(config.requestTimeoutMs, 20_000);
     const address = server.address();
@@ -100,13 +101,15 @@ export async function startService(config: Config, log: Logger = pino({ level: c
       database,
       log,
       /**
-       * Graceful: readiness fails, the listener stops accepting, in-flight requests finish (idle
+       * Graceful: readiness fails, requests are still served for SHUTDOWN_DELAY_MS (so a load
+       * balancer polling /readyz stops sending), the listener stops accepting, in-flight requests finish (idle
        * keep-alive sockets are closed; stragglers are cut after the grace period), the pool
        * drains, then the embedded database stops.
        */
       async stop() {
         draining = true;
         clearInterval(pruning);
+        if (config.shutdownDelayMs > 0) await new Promise((resolve) => setTimeout(resolve, config.shutdownDelayMs));
         const closed = new Promise<void>((resolve) => listening.close(() => resolve()));
         listening.closeIdleConnections();
         const grace = setTimeout(() => listening.closeAllConnections(), config.shutdownGraceMs);

@@ -1,3 +1,4 @@
+import net from 'node:net';
 import test from 'ava';
 import pg from 'pg';
 import { openDatabase } from '../src/db/database.js';
@@ -54,6 +55,33 @@ test('readyz is 503 while the database refuses connections and recovers after', 
   // The test's own pool lost its connections too: reconnecting proves the database is back.
   t.is((await app.fetch('/readyz')).status, 200);
   t.is((await app.fetch('/api/users')).status, 200);
+});
+
+test('on shutdown /readyz fails first while requests are still served for SHUTDOWN_DELAY_MS, then the listener closes', async (t) => {
+  const other = await startTestApp({ SHUTDOWN_DELAY_MS: '1500' });
+  const get = (path: string) => fetch(`${other.url}${path}`, { headers: { Authorization: `Bearer ${TEST_API_KEY}` } });
+  try {
+    t.is((await get('/readyz')).status, 200);
+    const started = performance.now();
+    const stopping = other.service.stop();
+    const ready = await get('/readyz');
+    t.is(ready.status, 503, 'a load balancer sees the instance leaving');
+    t.is((await get('/healthz')).status, 200, 'the process itself is fine');
+    t.is((await get('/api/users?limit=1')).status, 200, 'requests are still served during the delay');
+    await stopping;
+    t.true(performance.now() - started >= 1400, 'the listener stayed open for the delay');
+    // A new connection is refused (a pooled keep-alive socket would only say it was closed).
+    const after = await new Promise<string>((resolve) => {
+      const socket = net.connect(Number(new URL(other.url).port), '127.0.0.1', () => {
+        socket.destroy();
+        resolve('connected');
+      });
+      socket.on('error', (err: NodeJS.ErrnoException) => resolve(err.code ?? err.message));
+    });
+    t.is(after, 'ECONNREFUSED');
+  } finally {
+    await other.database.close();
+  }
 });
 
 test('four migrators starting at once apply each migration exactly once', async (t) => {
