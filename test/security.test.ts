@@ -5,6 +5,7 @@ import test from 'ava';
 import { pino } from 'pino';
 import { loadConfig } from '../src/config.js';
 import { ApiKeys } from '../src/http/auth.js';
+import { pruneIdempotencyKeys } from '../src/http/idempotency.js';
 import { loadSpec } from '../src/http/app.js';
 import { startService } from '../src/service.js';
 import { useTestApp, TEST_API_KEY } from './support/app.js';
@@ -204,4 +205,25 @@ test('concurrent identical POSTs with one key create exactly one object', async 
 test('an over-long Idempotency-Key is a 400', async (t) => {
   const response = await app.fetch('/api/users', json({ name: 'L', email: email() }, { 'Idempotency-Key': 'k'.repeat(256) }));
   t.is(response.status, 400);
+});
+
+test('a stored response expires after 24 hours: pruned, and a retry after that is a new request', async (t) => {
+  const client = ApiKeys.clientId(TEST_API_KEY);
+  const [old, fresh] = [`expired-${process.pid}`, `fresh-${process.pid}`];
+  // Stored as the service stores them; the first is 25 hours old.
+  await app.database.pool.query(
+    `INSERT INTO idempotency_keys (client, key, request_hash, status, response_headers, response_body, created_at)
+     VALUES ($1, $2, 'h', 201, '{}', '{"id": 1}', now() - interval '25 hours'), ($1, $3, 'h', 201, '{}', '{"id": 1}', now())`,
+    [client, old, fresh],
+  );
+  const address = email();
+  const retried = await app.fetch('/api/users', json({ name: 'Late', email: address }, { 'Idempotency-Key': old }));
+  t.is(retried.status, 201, 'an expired key is not replayed: the request is carried out');
+  t.is(retried.headers.get('idempotent-replayed'), null);
+  t.is(await usersWithEmail(address), 1);
+
+  await app.database.pool.query(`UPDATE idempotency_keys SET created_at = now() - interval '25 hours' WHERE client = $1 AND key = $2`, [client, old]);
+  t.true((await pruneIdempotencyKeys(app.database.db)) >= 1);
+  const { rows } = await app.database.pool.query('SELECT key FROM idempotency_keys WHERE client = $1 AND key = ANY($2) ORDER BY key', [client, [old, fresh]]);
+  t.deepEqual(rows.map((r: { key: string }) => r.key), [fresh]);
 });

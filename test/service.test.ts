@@ -1,10 +1,14 @@
 import net from 'node:net';
+import { Writable } from 'node:stream';
 import test from 'ava';
 import pg from 'pg';
+import { pino } from 'pino';
+import { loadConfig } from '../src/config.js';
+import { startService } from '../src/service.js';
 import { openDatabase } from '../src/db/database.js';
 import { ensureDatabase } from '../src/db/embedded.js';
 import { migrateToLatest } from '../src/db/migrate.js';
-import { useTestApp, startTestApp, TEST_API_KEY } from './support/app.js';
+import { createTestDatabase, useTestApp, startTestApp, TEST_API_KEY } from './support/app.js';
 
 const app = useTestApp(test);
 
@@ -119,4 +123,36 @@ test('an unexpected failure is a 500 problem without internals', async (t) => {
   } finally {
     await broken.close();
   }
+});
+
+test('every log line about a request is JSON and carries its request id, the 500 error line included', async (t) => {
+  const lines: string[] = [];
+  const sink = new Writable({
+    write(chunk: Buffer, _encoding, done) {
+      lines.push(...chunk.toString('utf8').split('\n').filter(Boolean));
+      done();
+    },
+  });
+  const databaseUrl = await createTestDatabase();
+  const config = { ...loadConfig(process.env), databaseUrl, port: 0, host: '127.0.0.1', apiKeys: [TEST_API_KEY] };
+  const service = await startService(config, pino({ level: 'info' }, sink));
+  const send = (path: string, id: string) =>
+    fetch(`${service.url}${path}`, { headers: { Authorization: `Bearer ${TEST_API_KEY}`, 'X-Request-Id': id } });
+  try {
+    t.is((await send('/api/users', 'log-ok')).status, 200);
+    t.is((await send('/api/users/0', 'log-400')).status, 400);
+    await service.database.pool.query('ALTER TABLE users RENAME TO users_gone');
+    t.is((await send('/api/users', 'log-500')).status, 500);
+  } finally {
+    await service.stop();
+  }
+  const entries = lines.map((line) => JSON.parse(line) as { requestId?: string; msg?: string; status?: number; err?: unknown });
+  for (const id of ['log-ok', 'log-400', 'log-500']) {
+    const mine = entries.filter((e) => e.requestId === id);
+    t.true(mine.some((e) => e.msg === 'request'), `${id}: an access line`);
+  }
+  // The unexpected error is logged with its details, under the request's id.
+  t.true(entries.some((e) => e.requestId === 'log-500' && e.msg === 'unexpected error' && e.err !== undefined));
+  // No line about a request lacks the id: every line with a status or an error has one.
+  t.deepEqual(entries.filter((e) => (e.status !== undefined || e.err !== undefined) && !e.requestId), []);
 });
