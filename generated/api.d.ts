@@ -173,6 +173,8 @@ export interface paths {
          *     all). Links that stay keep their `added_at`; their `usage_limit` becomes the one sent (omitted
          *     means unlimited). `404` if the subscription does not exist; a `feature_id` that does not exist
          *     or appears twice is a `400` naming `/features/{index}/feature_id`. Nothing changes then.
+         *     With `If-Match` (the `ETag` of the set from this call or from the list's first page), a set
+         *     changed in between is a `412`.
          */
         put: operations["replaceSubscriptionFeatures"];
         /**
@@ -1505,6 +1507,8 @@ export interface operations {
             200: {
                 headers: {
                     Link: components["headers"]["Link"];
+                    /** @description On the first page (no `cursor`), the entity tag of the whole set (all pages), as `PUT` returns it; send it as `If-Match` to replace the set only if it has not changed. */
+                    ETag?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1520,7 +1524,10 @@ export interface operations {
     replaceSubscriptionFeatures: {
         parameters: {
             query?: never;
-            header?: never;
+            header?: {
+                /** @description Perform the change only if the object's current `ETag` is one of these (or `*`); otherwise `412`. */
+                "If-Match"?: components["parameters"]["IfMatch"];
+            };
             path: {
                 /** @description The object's id. */
                 id: components["parameters"]["Id"];
@@ -1536,6 +1543,7 @@ export interface operations {
             /** @description The new set, in ascending `feature_id` order. */
             200: {
                 headers: {
+                    ETag: components["headers"]["ETag"];
                     [name: string]: unknown;
                 };
                 content: {
@@ -1545,6 +1553,7 @@ export interface operations {
             400: components["responses"]["BadRequest"];
             401: components["responses"]["Unauthorized"];
             404: components["responses"]["NotFound"];
+            412: components["responses"]["PreconditionFailed"];
             413: components["responses"]["PayloadTooLarge"];
             415: components["responses"]["UnsupportedMediaType"];
             503: components["responses"]["ServiceUnavailable"];

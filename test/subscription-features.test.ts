@@ -196,3 +196,41 @@ test('a link shows the feature name as it is now', async (t) => {
   const { data } = await app.client.GET('/subscriptions/{id}/features/{feature_id}', { params: { path: { id: subscription.id, feature_id: feature.id } } });
   t.is(data?.feature_name, name);
 });
+
+test('PUT of the set honours If-Match: the ETag from the list or the last PUT works once; a stale one is a 412 and changes nothing', async (t) => {
+  const [a, b] = [await createFeature(), await createFeature()];
+  const subscription = await createSubscription([a.id]);
+  const put = (features: Array<{ feature_id: number }>, ifMatch?: string) =>
+    app.client.PUT('/subscriptions/{id}/features', {
+      params: { path: { id: subscription.id }, header: ifMatch ? { 'If-Match': ifMatch } : {} },
+      body: { features },
+    });
+  const listed = await app.client.GET('/subscriptions/{id}/features', { params: { path: { id: subscription.id }, query: { limit: 1 } } });
+  const listTag = listed.response.headers.get('etag');
+  t.truthy(listTag, 'the first page carries the ETag of the whole set');
+
+  const replaced = await put([{ feature_id: a.id }, { feature_id: b.id }], listTag!);
+  t.is(replaced.response.status, 200);
+  const putTag = replaced.response.headers.get('etag');
+  t.truthy(putTag);
+  t.not(putTag, listTag);
+  // The list's ETag now describes the same set as the PUT's answer.
+  const again = await app.client.GET('/subscriptions/{id}/features', { params: { path: { id: subscription.id } } });
+  t.is(again.response.headers.get('etag'), putTag);
+  // Paged one at a time: the first page still tags the whole set, a later page carries no ETag.
+  const first = await app.client.GET('/subscriptions/{id}/features', { params: { path: { id: subscription.id }, query: { limit: 1 } } });
+  t.is(first.response.headers.get('etag'), putTag);
+  const second = await app.client.GET('/subscriptions/{id}/features', {
+    params: { path: { id: subscription.id }, query: { limit: 1, cursor: first.data!.next_cursor! } },
+  });
+  t.is(second.data?.data.length, 1);
+  t.is(second.response.headers.get('etag'), null);
+
+  // Someone else changes the set: both tags are stale now.
+  await app.client.DELETE('/subscriptions/{id}/features/{feature_id}', { params: { path: { id: subscription.id, feature_id: a.id } } });
+  for (const stale of [listTag!, putTag!]) {
+    const refused = await put([], stale);
+    t.is(refused.response.status, 412);
+  }
+  t.deepEqual(await storedLinks(subscription.id), [{ feature_id: b.id, usage_limit: null }]);
+});

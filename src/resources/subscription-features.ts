@@ -5,7 +5,7 @@ import { writeIfMatch } from '../db/conditional.js';
 import type { Deps } from '../deps.js';
 import type { OperationHandlers } from '../http/operation.js';
 import { badRequest, notFound, type FieldError } from '../http/problem.js';
-import { pageRequest, sendObject, sendPage } from '../http/respond.js';
+import { checkIfMatch, etagOf, hasIfMatch, pageRequest, sendObject, sendPage } from '../http/respond.js';
 import { assertFeaturesExist } from './features.js';
 
 type SubscriptionFeature = components['schemas']['SubscriptionFeature'];
@@ -57,6 +57,12 @@ async function lockSubscriptionSet(trx: Kysely<Database>, id: number): Promise<v
   if (!found) throw notFound('subscription', id);
 }
 
+/** The whole set of a subscription's links, as PUT returns it; its ETag is what If-Match on PUT compares. */
+async function currentSet(executor: Kysely<Database>, id: number): Promise<{ data: SubscriptionFeature[] }> {
+  const rows = await links(executor).where('subscription_features.subscription_id', '=', id).orderBy('subscription_features.feature_id').execute();
+  return { data: rows.map(toLink) };
+}
+
 /** Each feature at most once in a replacement set: later repeats are named. */
 function assertNoDuplicates(featureIds: number[]): void {
   const seen = new Set<number>();
@@ -82,6 +88,8 @@ export function subscriptionFeatureHandlers({ db, cursors }: Deps): OperationHan
         .orderBy('subscription_features.feature_id')
         .limit(page.limit + 1);
       if (page.after) q = q.where('subscription_features.feature_id', '>', Number(page.after[0]));
+      // The first page carries the version of the whole set, for If-Match on PUT.
+      if (!page.after) ctx.set('ETag', etagOf(await currentSet(db, path.id)));
       sendPage(ctx, cursors, page, 'feature_id', await q.execute(), toLink, (row) => [row.feature_id]);
     },
 
@@ -101,8 +109,10 @@ export function subscriptionFeatureHandlers({ db, cursors }: Deps): OperationHan
     async replaceSubscriptionFeatures({ path, body, ctx }) {
       const featureIds = body.features.map((f) => f.feature_id);
       assertNoDuplicates(featureIds);
-      const rows = await db.transaction().execute(async (trx) => {
+      const set = await db.transaction().execute(async (trx) => {
         await lockSubscriptionSet(trx, path.id);
+        // Every change to the set locks the subscription first, so the set compared is the set replaced.
+        if (hasIfMatch(ctx)) checkIfMatch(ctx, await currentSet(trx, path.id));
         await assertFeaturesExist(trx, featureIds, (index) => `/features/${index}/feature_id`);
         let removal = trx.deleteFrom('subscription_features').where('subscription_id', '=', path.id);
         if (featureIds.length > 0) removal = removal.where('feature_id', 'not in', featureIds);
@@ -120,10 +130,9 @@ export function subscriptionFeatureHandlers({ db, cursors }: Deps): OperationHan
             )
             .execute();
         }
-        return links(trx).where('subscription_features.subscription_id', '=', path.id).orderBy('subscription_features.feature_id').execute();
+        return currentSet(trx, path.id);
       });
-      ctx.status = 200;
-      ctx.body = { data: rows.map(toLink) };
+      sendObject(ctx, 200, set);
     },
 
     async getSubscriptionFeature({ path, ctx }) {
