@@ -32,6 +32,15 @@ test('unknown paths are 404 problems, inside and outside /api', async (t) => {
   }
 });
 
+test('a wrong method outside /api is a 405 problem with Allow too', async (t) => {
+  for (const path of ['/healthz', '/readyz', '/openapi.json', '/docs']) {
+    const response = await app.fetch(path, { method: 'POST' });
+    t.is(response.status, 405, path);
+    t.is(response.headers.get('content-type'), 'application/problem+json');
+    t.regex(response.headers.get('allow') ?? '', /\bGET\b/, path);
+  }
+});
+
 test('every response carries a request id, echoed when the client sends one', async (t) => {
   const response = await app.fetch('/api/users', { headers: { 'X-Request-Id': 'trace-123' } });
   t.is(response.headers.get('x-request-id'), 'trace-123');

@@ -122,7 +122,14 @@ export async function createApp(deps: Deps, options: AppOptions): Promise<Koa> {
     const started = process.hrtime.bigint();
     try {
       await next();
-      if (ctx.status === 404 && ctx.body === undefined) throw new ApiError(404, `no resource at ${ctx.path}`);
+      if (ctx.body === undefined || ctx.body === null) {
+        // The router's own answers outside /api (404, and 405/501 from allowedMethods) become problems too.
+        if (ctx.status === 404) throw new ApiError(404, `no resource at ${ctx.path}`);
+        if (ctx.status === 405 || ctx.status === 501) {
+          const allow = ctx.response.get('Allow');
+          throw new ApiError(ctx.status, `${ctx.method} is not supported on ${ctx.path}`, undefined, allow ? { Allow: allow } : {});
+        }
+      }
     } catch (err) {
       const problem = toApiError(err);
       if (!problem) {
@@ -185,5 +192,6 @@ export async function createApp(deps: Deps, options: AppOptions): Promise<Koa> {
     );
   });
   app.use(router.routes());
+  app.use(router.allowedMethods());
   return app;
 }
