@@ -63,6 +63,21 @@ test('a taken email is a 409, ignoring case, and stores nothing', async (t) => {
   t.is(await usersWithEmail([email]), 1);
 });
 
+test('changing an email to a taken one, by PATCH or PUT, is a 409 naming /email and changes nothing', async (t) => {
+  const taken = uniqueEmail('Taken');
+  await createUser('Taken', taken);
+  const { user } = await createUser('Mover', uniqueEmail('mover'));
+  const patched = await app.client.PATCH('/users/{id}', { params: { path: { id: user.id } }, body: { email: taken.toUpperCase() } });
+  const replaced = await app.client.PUT('/users/{id}', { params: { path: { id: user.id } }, body: { name: 'Mover', email: taken } });
+  for (const { error, response } of [patched, replaced]) {
+    t.is(response.status, 409);
+    t.deepEqual(error?.errors?.map((e) => e.pointer), ['/email']);
+  }
+  const { data } = await app.client.GET('/users/{id}', { params: { path: { id: user.id } } });
+  t.is(data?.email, user.email);
+  t.is(await usersWithEmail([taken]), 1);
+});
+
 test('invalid fields are a 400 naming each field, and store nothing', async (t) => {
   const sent: string[] = [];
   const cases: Array<[unknown, string[]]> = [
