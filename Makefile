@@ -46,8 +46,14 @@ lint: install
 
 # --inlineBundle: Redoc's script is inside the page, so it renders with no network (telemetry is
 # off in redocly.yaml); the template's Content-Security-Policy forbids fetching from other origins.
+# Redoc's sidebar footer always draws Redocly's logo from cdn.redoc.ly: the build swaps that URL for
+# an empty inline image, so the page does not even try (the CSP would block it, but it would try).
+EMPTY_SVG := data:image/svg+xml,%3Csvg xmlns=%22http://www.w3.org/2000/svg%22/%3E
 docs/index.html: openapi/openapi.yaml redocly.yaml docs/template.hbs node_modules/.installed
-	$(BIN)/redocly build-docs openapi/openapi.yaml --inlineBundle --template docs/template.hbs --output docs/index.html
+	$(BIN)/redocly build-docs openapi/openapi.yaml --inlineBundle --template docs/template.hbs --output docs/index.html.tmp
+	sed -e 's#https://cdn\.redoc\.ly/redoc/logo-mini\(-full\)\{0,1\}\.svg#$(EMPTY_SVG)#g' docs/index.html.tmp > docs/index.html
+	rm -f docs/index.html.tmp
+	@! grep -q 'cdn\.redoc\.ly/redoc/logo' docs/index.html || { echo 'docs/index.html still names the CDN logo'; exit 1; }
 
 # Chromium for the browser test of /docs and /docs/swagger (Debian's package, as root). Where it
 # cannot be installed, that test is skipped and says why.
