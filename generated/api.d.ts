@@ -76,7 +76,7 @@ export interface paths {
         };
         /**
          * List a user's subscriptions
-         * @description The subscriptions of one user, in ascending `id` order, keyset-paginated. `404` if the user does not exist.
+         * @description The subscriptions of one user, keyset-paginated in the order `sort` names, with the same filters as `GET /subscriptions`. `404` if the user does not exist.
          */
         get: operations["listUserSubscriptions"];
         put?: never;
@@ -1004,6 +1004,21 @@ export interface components {
         IfMatch: string;
         /** @description Only subscriptions with one of these statuses; repeat the parameter for several (`status=active&status=trialing`). A comma-separated value is a `400`. */
         StatusFilter: components["schemas"]["SubscriptionStatus"][];
+        /** @description Only subscriptions that include this feature. */
+        FeatureIdFilter: components["schemas"]["Id"];
+        /** @description Only subscriptions starting on or after this date. */
+        StartDateFrom: string;
+        /** @description Only subscriptions starting on or before this date. */
+        StartDateTo: string;
+        /** @description Only subscriptions whose `plan_cost` is at least this amount (two decimals at most). */
+        PlanCostMin: components["schemas"]["MoneyString"];
+        /** @description Only subscriptions whose `plan_cost` is at most this amount (two decimals at most). */
+        PlanCostMax: components["schemas"]["MoneyString"];
+        /**
+         * @description Order of the list: `id` (default), `-id`, `start_date`, `-start_date`, `plan_cost`,
+         *     `-plan_cost`. A leading `-` means descending. A cursor only continues the sort it came from.
+         */
+        SubscriptionSort: "id" | "-id" | "start_date" | "-start_date" | "plan_cost" | "-plan_cost";
     };
     requestBodies: never;
     headers: {
@@ -1237,6 +1252,21 @@ export interface operations {
                 cursor?: components["parameters"]["Cursor"];
                 /** @description Only subscriptions with one of these statuses; repeat the parameter for several (`status=active&status=trialing`). A comma-separated value is a `400`. */
                 status?: components["parameters"]["StatusFilter"];
+                /** @description Only subscriptions that include this feature. */
+                feature_id?: components["parameters"]["FeatureIdFilter"];
+                /** @description Only subscriptions starting on or after this date. */
+                start_date_from?: components["parameters"]["StartDateFrom"];
+                /** @description Only subscriptions starting on or before this date. */
+                start_date_to?: components["parameters"]["StartDateTo"];
+                /** @description Only subscriptions whose `plan_cost` is at least this amount (two decimals at most). */
+                plan_cost_min?: components["parameters"]["PlanCostMin"];
+                /** @description Only subscriptions whose `plan_cost` is at most this amount (two decimals at most). */
+                plan_cost_max?: components["parameters"]["PlanCostMax"];
+                /**
+                 * @description Order of the list: `id` (default), `-id`, `start_date`, `-start_date`, `plan_cost`,
+                 *     `-plan_cost`. A leading `-` means descending. A cursor only continues the sort it came from.
+                 */
+                sort?: components["parameters"]["SubscriptionSort"];
             };
             header?: never;
             path: {
@@ -1275,20 +1305,20 @@ export interface operations {
                 /** @description Only subscriptions of this user. */
                 user_id?: components["schemas"]["Id"];
                 /** @description Only subscriptions that include this feature. */
-                feature_id?: components["schemas"]["Id"];
+                feature_id?: components["parameters"]["FeatureIdFilter"];
                 /** @description Only subscriptions starting on or after this date. */
-                start_date_from?: string;
+                start_date_from?: components["parameters"]["StartDateFrom"];
                 /** @description Only subscriptions starting on or before this date. */
-                start_date_to?: string;
+                start_date_to?: components["parameters"]["StartDateTo"];
                 /** @description Only subscriptions whose `plan_cost` is at least this amount (two decimals at most). */
-                plan_cost_min?: components["schemas"]["MoneyString"];
+                plan_cost_min?: components["parameters"]["PlanCostMin"];
                 /** @description Only subscriptions whose `plan_cost` is at most this amount (two decimals at most). */
-                plan_cost_max?: components["schemas"]["MoneyString"];
+                plan_cost_max?: components["parameters"]["PlanCostMax"];
                 /**
                  * @description Order of the list: `id` (default), `-id`, `start_date`, `-start_date`, `plan_cost`,
                  *     `-plan_cost`. A leading `-` means descending. A cursor only continues the sort it came from.
                  */
-                sort?: "id" | "-id" | "start_date" | "-start_date" | "plan_cost" | "-plan_cost";
+                sort?: components["parameters"]["SubscriptionSort"];
             };
             header?: never;
             path?: never;

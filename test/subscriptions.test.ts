@@ -282,6 +282,37 @@ test("a user's subscriptions list pages by id, filters by status, and is a 404 f
   t.is(missing.response.status, 404);
 });
 
+test("a user's subscriptions take the same sorts and filters as the full list, pages included", async (t) => {
+  const user = await createUser();
+  const costs = ['30.00', '10.00', '50.00', '20.00', '40.00'];
+  const mine = [];
+  for (const [i, plan_cost] of costs.entries()) {
+    mine.push((await createSubscription({ user_id: user.id, plan_cost, start_date: `2025-0${i + 1}-10` })).subscription);
+  }
+  const other = await createUser();
+  await createSubscription({ user_id: other.id, plan_cost: '25.00' });
+  const walk = async (query: Record<string, unknown>) => {
+    const ids: number[] = [];
+    let cursor: string | undefined;
+    do {
+      const { data, response } = await app.client.GET('/users/{id}/subscriptions', {
+        params: { path: { id: user.id }, query: { limit: 2, ...query, ...(cursor ? { cursor } : {}) } },
+      });
+      t.is(response.status, 200);
+      ids.push(...data!.data.map((s) => s.id));
+      cursor = data!.next_cursor ?? undefined;
+    } while (cursor);
+    return ids;
+  };
+  const byCost = [...mine].sort((a, b) => Number(b.plan_cost) - Number(a.plan_cost)).map((s) => s.id);
+  t.deepEqual(await walk({ sort: '-plan_cost' }), byCost);
+  t.deepEqual(await walk({ sort: '-start_date' }), [...mine].reverse().map((s) => s.id));
+  t.deepEqual(
+    await walk({ plan_cost_min: '20.00', plan_cost_max: '40.00', start_date_from: '2025-02-01' }),
+    mine.filter((s) => Number(s.plan_cost) >= 20 && Number(s.plan_cost) <= 40 && s.start_date >= '2025-02-01').map((s) => s.id),
+  );
+});
+
 /** A small dataset owned by fresh users, so filters can be checked against what was created. */
 async function createDataset() {
   const [u1, u2] = [await createUser(), await createUser()];
