@@ -71,18 +71,19 @@ test('readyz is 503 while the database refuses connections and recovers after', 
 });
 
 test('on shutdown /readyz fails first while requests are still served for SHUTDOWN_DELAY_MS, then the listener closes', async (t) => {
-  const other = await startTestApp({ SHUTDOWN_DELAY_MS: '1500' });
+  const other = await startTestApp({ SHUTDOWN_DELAY_MS: '4000' });
   const get = (path: string) => fetch(`${other.url}${path}`, { headers: { Authorization: `Bearer ${TEST_API_KEY}` } });
   try {
     t.is((await get('/readyz')).status, 200);
     const started = performance.now();
     const stopping = other.service.stop();
+    // Generous: on a loaded CI machine these three requests must still fall inside the delay.
     const ready = await get('/readyz');
     t.is(ready.status, 503, 'a load balancer sees the instance leaving');
     t.is((await get('/healthz')).status, 200, 'the process itself is fine');
     t.is((await get('/api/users?limit=1')).status, 200, 'requests are still served during the delay');
     await stopping;
-    t.true(performance.now() - started >= 1400, 'the listener stayed open for the delay');
+    t.true(performance.now() - started >= 3900, 'the listener stayed open for the delay');
     // A new connection is refused (a pooled keep-alive socket would only say it was closed).
     const after = await new Promise<string>((resolve) => {
       const socket = net.connect(Number(new URL(other.url).port), '127.0.0.1', () => {
