@@ -46,6 +46,15 @@ export async function assertFeaturesExist(trx: Kysely<Database>, ids: number[], 
   throw badRequest(`feature ${all.join(', ')} does not exist`, errors);
 }
 
+/** The page query of the feature list (exported for EXPLAIN): `q` is served by the trigram index of migration 0005. */
+export function featurePageQuery(db: Kysely<Database>, cursors: Deps['cursors'], query: { limit?: number; cursor?: string; q?: string }) {
+  const page = pageRequest(cursors, query, 'id', 1);
+  let q = db.selectFrom('features').selectAll().orderBy('id').limit(page.limit + 1);
+  if (page.after) q = q.where('id', '>', Number(page.after[0]));
+  if (query.q !== undefined) q = q.where('name', 'ilike', `%${escapeLike(query.q)}%`);
+  return { q, page };
+}
+
 export function featureHandlers({ db, cursors }: Deps): OperationHandlers {
   const lockFeature = (id: number) => (trx: Kysely<Database>) =>
     trx.selectFrom('features').selectAll().where('id', '=', id).forUpdate().executeTakeFirst();
@@ -53,11 +62,7 @@ export function featureHandlers({ db, cursors }: Deps): OperationHandlers {
 
   return {
     async listFeatures({ query, ctx }) {
-      const page = pageRequest(cursors, query, 'id', 1);
-      let q = db.selectFrom('features').selectAll().orderBy('id').limit(page.limit + 1);
-      if (page.after) q = q.where('id', '>', Number(page.after[0]));
-      // The catalogue is small (tens of rows): a scan with ILIKE is cheaper than any text index.
-      if (query.q !== undefined) q = q.where('name', 'ilike', `%${escapeLike(query.q)}%`);
+      const { q, page } = featurePageQuery(db, cursors, query);
       sendPage(ctx, cursors, page, 'id', await q.execute(), toFeature, (row) => [row.id]);
     },
 
