@@ -178,16 +178,20 @@ test.serial('name search (q) is served by the trigram index in a large catalogue
     const { sql: text, parameters } = q.compile();
     const { rows } = await app.database.pool.query(`EXPLAIN (FORMAT JSON) ${text}`, parameters as unknown[]);
     const indexes: string[] = [];
-    const walk = (node: { 'Index Name'?: string; Plans?: unknown[] }) => {
+    const nodes: string[] = [];
+    const walk = (node: { 'Node Type': string; 'Index Name'?: string; Plans?: unknown[] }) => {
+      nodes.push(node['Index Name'] ? `${node['Node Type']} on ${node['Index Name']}` : node['Node Type']);
       if (node['Index Name']) indexes.push(node['Index Name']);
       for (const child of node.Plans ?? []) walk(child as typeof node);
     };
     walk(rows[0]['QUERY PLAN'][0].Plan);
-    t.log(`q=${term}: ${indexes.join(', ')}`);
-    t.true(indexes.includes('features_name_trgm_idx'), `the plan uses ${indexes.join(', ') || 'no index'}`);
-    // Through the API: case-insensitive, exactly the one name.
-    const { data } = await app.client.GET('/features', { params: { query: { q: term } } });
-    t.deepEqual(data?.data.map((f) => f.name), [wanted]);
+    t.log(`q=${term}: ${nodes.join(' > ')}`);
+    t.true(indexes.includes('features_name_trgm_idx'), `the plan is ${nodes.join(' > ')}`);
+    // Through the API: case-insensitive, exactly the one name; % and _ match only themselves.
+    const search = async (text: string) => (await app.client.GET('/features', { params: { query: { q: text } } })).data?.data.map((f) => f.name);
+    t.deepEqual(await search(term), [wanted]);
+    t.deepEqual(await search(`${term.slice(0, 5)}_${term.slice(6)}`), []);
+    t.deepEqual(await search(`${term.slice(0, 5)}%${term.slice(7)}`), []);
   } finally {
     await app.database.pool.query('DELETE FROM features WHERE name LIKE $1', [`${prefix} %`]);
   }
