@@ -88,9 +88,11 @@ export function subscriptionFeatureHandlers({ db, cursors }: Deps): OperationHan
         .orderBy('subscription_features.feature_id')
         .limit(page.limit + 1);
       if (page.after) q = q.where('subscription_features.feature_id', '>', Number(page.after[0]));
-      // The first page carries the version of the whole set, for If-Match on PUT.
-      if (!page.after) ctx.set('ETag', etagOf(await currentSet(db, path.id)));
-      sendPage(ctx, cursors, page, 'feature_id', await q.execute(), toLink, (row) => [row.feature_id]);
+      const rows = await q.execute();
+      // The first page carries the version of the whole set, for If-Match on PUT: when the page
+      // holds the whole set (the usual two or three links), it is the set; otherwise read it all.
+      if (!page.after) ctx.set('ETag', etagOf(rows.length <= page.limit ? { data: rows.map(toLink) } : await currentSet(db, path.id)));
+      sendPage(ctx, cursors, page, 'feature_id', rows, toLink, (row) => [row.feature_id]);
     },
 
     async attachSubscriptionFeature({ path, body, ctx }) {
