@@ -10,11 +10,7 @@ import type { Ajv, ErrorObject } from 'ajv';
 import YAML from 'yaml';
 import { projectRoot } from '../config.js';
 import type { Deps } from '../deps.js';
-import { analyticsHandlers } from '../resources/analytics.js';
-import { userHandlers } from '../resources/users.js';
-import { subscriptionHandlers } from '../resources/subscriptions.js';
-import { featureHandlers } from '../resources/features.js';
-import { subscriptionFeatureHandlers } from '../resources/subscription-features.js';
+import { allHandlers } from '../resources/index.js';
 import type { OperationHandlers } from './operation.js';
 import { ApiKeys, authenticate, isApiPath, unauthorized } from './auth.js';
 import { idempotency } from './idempotency.js';
@@ -102,7 +98,7 @@ export async function createApi(document: Document, handlers: OperationHandlers,
 /** The Koa application: problem errors, request ids, body parsing, the spec and docs, then /api. */
 export async function createApp(deps: Deps, options: AppOptions): Promise<Koa> {
   const spec = loadSpec();
-  const api = await createApi(spec.document, { ...userHandlers(deps), ...subscriptionHandlers(deps), ...featureHandlers(deps), ...subscriptionFeatureHandlers(deps), ...analyticsHandlers(deps) }, options.apiKeys);
+  const api = await createApi(spec.document, allHandlers(deps), options.apiKeys);
   const specJson = JSON.stringify(spec.document);
 
   const app = new Koa();

@@ -1,0 +1,18 @@
+import type { Deps } from '../deps.js';
+import type { OperationHandlers } from '../http/operation.js';
+import { analyticsHandlers } from './analytics.js';
+import { featureHandlers } from './features.js';
+import { subscriptionFeatureHandlers } from './subscription-features.js';
+import { subscriptionHandlers } from './subscriptions.js';
+import { userHandlers } from './users.js';
+
+/** Every operation's handler, from the resource modules: the one list a new resource is added to. */
+export function allHandlers(deps: Deps): OperationHandlers {
+  return {
+    ...userHandlers(deps),
+    ...subscriptionHandlers(deps),
+    ...featureHandlers(deps),
+    ...subscriptionFeatureHandlers(deps),
+    ...analyticsHandlers(deps),
+  };
+}
