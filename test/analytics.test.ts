@@ -79,14 +79,16 @@ async function assertExact(t: ExecutionContext, label: string): Promise<void> {
 }
 
 /** Same as the endpoint, but read in the caller's snapshot: exact even while others write. */
-async function assertExactInOneSnapshot(): Promise<void> {
-  await app.database.db.transaction().setIsolationLevel('repeatable read').execute(async (trx) => {
+/** Checks both sources against plain SQL in one snapshot; returns that snapshot's metrics (as JSON). */
+async function assertExactInOneSnapshot(): Promise<string> {
+  return app.database.db.transaction().setIsolationLevel('repeatable read').execute(async (trx) => {
     const expected = await plainMetrics(trx);
     const fromAggregates = withoutAsOf(await readAnalytics(trx, 'aggregates'));
     const fromBase = withoutAsOf(await readAnalytics(trx, 'base_tables'));
     if (JSON.stringify(fromAggregates) !== JSON.stringify(expected) || JSON.stringify(fromBase) !== JSON.stringify(expected)) {
       throw new Error(`mid-flight difference:\n${JSON.stringify({ expected, fromAggregates, fromBase }, null, 1)}`);
     }
+    return JSON.stringify(expected);
   });
 }
 
@@ -301,21 +303,42 @@ test.serial('many parallel SQL writers in separate transactions: no deadlock, th
   const stepsPerWriter = 60;
   const errors: string[] = [];
   const workload = fc.sample(fc.array(concurrentStatement, { minLength: stepsPerWriter, maxLength: stepsPerWriter }), { numRuns: writers, seed: 7 });
+  const before = await assertExactInOneSnapshot();
   let writing = true;
+  // Every writer pauses halfway until one check has started after all of them got there: so at
+  // least one check sees the workload half done, whatever the machine's speed.
+  let halfway = 0;
+  let releaseHalfway!: () => void;
+  const halfwayChecked = new Promise<void>((resolve) => (releaseHalfway = resolve));
+  let halfwayState: string | undefined;
   const checks = (async () => {
     let n = 0;
-    while (writing) {
-      await assertExactInOneSnapshot();
-      n++;
+    try {
+      while (writing) {
+        const allHalfway = halfway === writers;
+        const state = await assertExactInOneSnapshot();
+        n++;
+        if (allHalfway && halfwayState === undefined) {
+          halfwayState = state;
+          releaseHalfway();
+        }
+      }
+      return n;
+    } finally {
+      releaseHalfway(); // a failed check must not leave the writers waiting
     }
-    return n;
   })();
+  checks.catch(() => {}); // its failure is reported where it is awaited, below
   await Promise.all(
     workload.map(async (statements) => {
       const client = new pg.Client({ connectionString: app.databaseUrl });
       await client.connect();
       try {
-        for (const s of statements) {
+        for (const [i, s] of statements.entries()) {
+          if (i === stepsPerWriter / 2) {
+            halfway++;
+            await halfwayChecked;
+          }
           await client.query(s.text, s.values).catch((err: { code?: string; message: string }) => {
             if (!EXPECTED_RACE.has(err.code ?? '')) errors.push(`${err.code}: ${err.message}`);
           });
@@ -329,7 +352,10 @@ test.serial('many parallel SQL writers in separate transactions: no deadlock, th
   });
   const snapshotChecks = await checks;
   t.deepEqual(errors, [], 'no deadlock (40P01) or other error');
-  t.true(snapshotChecks > 0);
+  const after = await assertExactInOneSnapshot();
+  // The halfway check saw data that was neither the starting point nor the end: it was mid-flight.
+  t.not(halfwayState, before, 'the halfway check saw the first half of the writes');
+  t.not(halfwayState, after, 'the halfway check did not see the second half');
   t.log(`${writers} writers x ${stepsPerWriter} statements, ${snapshotChecks} mid-flight snapshot checks`);
   await assertExact(t, 'after the concurrent SQL workload');
 });
