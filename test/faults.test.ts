@@ -24,6 +24,15 @@ function scratchDir(): string {
   return dir;
 }
 
+/** Waits until the condition holds; the bound is only a hang guard, far above any plausible wait. */
+async function waitFor(what: string | (() => string), condition: () => boolean | Promise<boolean>, hangGuardMs = 60_000): Promise<void> {
+  const deadline = Date.now() + hangGuardMs;
+  while (!(await condition())) {
+    if (Date.now() > deadline) throw new Error(`still waiting after ${hangGuardMs} ms: ${typeof what === 'string' ? what : what()}`);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+}
+
 interface Outcome {
   status: number | 'network';
   contentType?: string | null;
@@ -60,33 +69,28 @@ test.serial('when PostgreSQL stops mid-load the service answers 503 problems, ne
     const outcomes: Outcome[] = [];
     let n = 0;
     let running = true;
-    const deadline = Date.now() + 60_000;
+    const deadline = Date.now() + 100_000; // a hang guard only
     const workers = Array.from({ length: 4 }, async () => {
       while (running && Date.now() < deadline) outcomes.push(await createUser(service.url, n++));
     });
-    await new Promise((r) => setTimeout(r, 1_000));
+    // Each phase waits for what it needs to see, not for a length of time.
+    await waitFor('a first user created', () => outcomes.some((o) => o.status === 201));
     await postgres.stop();
     postgres = undefined;
-    await new Promise((r) => setTimeout(r, 1_500));
+    const stoppedAt = outcomes.length;
+    await waitFor('a request answered 503 during the outage', () => outcomes.slice(stoppedAt).some((o) => o.status === 503));
     const readyWhileDown = await fetch(`${service.url}/readyz`);
     t.is(readyWhileDown.status, 503);
     t.is(readyWhileDown.headers.get('content-type'), 'application/problem+json');
-    const duringOutage = outcomes.length;
     postgres = await startEmbeddedPostgres({ dataDir: path.join(dir, 'pg'), port });
     // Recovery without a restart of the service.
-    let ready = false;
-    for (let i = 0; i < 50 && !ready; i++) {
-      ready = (await fetch(`${service.url}/readyz`)).status === 200;
-      if (!ready) await new Promise((r) => setTimeout(r, 200));
-    }
-    t.true(ready, 'readyz recovered');
-    await new Promise((r) => setTimeout(r, 1_000));
+    await waitFor('readyz back to 200', async () => (await fetch(`${service.url}/readyz`)).status === 200);
+    const recoveredAt = outcomes.length;
+    await waitFor('a user created after recovery', () => outcomes.slice(recoveredAt).some((o) => o.status === 201));
     running = false;
     await Promise.all(workers);
 
     const statuses = outcomes.map((o) => o.status);
-    t.true(statuses.includes(503), 'some requests met the outage');
-    t.true(outcomes.slice(duringOutage).some((o) => o.status === 201), 'writes succeed again after recovery');
     t.deepEqual(statuses.filter((s) => s !== 201 && s !== 503), [], 'only 201s and 503s, no 500s, no hangs');
     t.true(outcomes.filter((o) => o.status === 503).every((o) => o.contentType === 'application/problem+json'));
     // Nothing that got a 201 was lost.
@@ -117,12 +121,12 @@ test.serial('SIGTERM drains: in-flight requests finish, the embedded database st
   child.stderr.on('data', (chunk) => (output += chunk));
   const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
   try {
-    for (let i = 0; i < 300 && !output.includes('serving on'); i++) await new Promise((r) => setTimeout(r, 100));
+    await waitFor(() => `the service to start; its output so far:\n${output.slice(-2000)}`, () => output.includes('serving on') || child.exitCode !== null);
     t.true(output.includes('serving on'), output.slice(-2000));
     const baseUrl = `http://127.0.0.1:${httpPort}`;
     const outcomes: Outcome[] = [];
     let n = 0;
-    const deadline = Date.now() + 30_000;
+    const deadline = Date.now() + 100_000; // a hang guard only
     let stop = false;
     const workers = Array.from({ length: 4 }, async () => {
       while (!stop && Date.now() < deadline) {
@@ -131,7 +135,8 @@ test.serial('SIGTERM drains: in-flight requests finish, the embedded database st
         if (outcome.status === 'network') stop = true;
       }
     });
-    await new Promise((r) => setTimeout(r, 1_500));
+    // SIGTERM while the clients are busy: some users are created already, more are in flight.
+    await waitFor('users created before SIGTERM', () => outcomes.filter((o) => o.status === 201).length >= 4);
     child.kill('SIGTERM');
     const code = await exited;
     stop = true;
