@@ -1,5 +1,5 @@
 import test from 'ava';
-import { useTestApp } from './support/app.js';
+import { startTestApp, useTestApp } from './support/app.js';
 
 const app = useTestApp(test);
 
@@ -176,13 +176,20 @@ test('deleting a user is a 204, then a 404', async (t) => {
 });
 
 test('the list pages by cursor with a Link header and returns every user exactly once', async (t) => {
-  for (let i = 0; i < 7; i++) await createUser(`Pager ${i}`, uniqueEmail('pager'));
-  const all = await app.database.db.selectFrom('users').select('id').orderBy('id').execute();
+  // A database of its own: the other tests of this file create and delete users concurrently.
+  const own = await startTestApp();
+  t.teardown(() => own.close());
+  for (let i = 0; i < 7; i++) {
+    const { response } = await own.client.POST('/users', { body: { name: `Pager ${i}`, email: uniqueEmail('pager') } });
+    t.is(response.status, 201);
+  }
+  const all = await own.database.db.selectFrom('users').select('id').orderBy('id').execute();
+  t.is(all.length, 7);
   const seen: number[] = [];
   let cursor: string | undefined;
   let pages = 0;
   do {
-    const { data, response } = await app.client.GET('/users', { params: { query: { limit: 3, ...(cursor ? { cursor } : {}) } } });
+    const { data, response } = await own.client.GET('/users', { params: { query: { limit: 3, ...(cursor ? { cursor } : {}) } } });
     t.is(response.status, 200);
     seen.push(...data!.data.map((u) => u.id));
     cursor = data!.next_cursor ?? undefined;
@@ -192,6 +199,7 @@ test('the list pages by cursor with a Link header and returns every user exactly
     pages++;
   } while (cursor && pages < 100);
   t.deepEqual(seen, all.map((r) => r.id));
+  t.is(pages, 3);
 });
 
 test('limit is 1..500: 0 and 501 are 400s, not silent clamps', async (t) => {
