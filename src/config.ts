@@ -4,7 +4,8 @@ import { fileURLToPath } from 'node:url';
 /** The project's root folder (where package.json lives). */
 export const projectRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 
-function intFromEnv(env: NodeJS.ProcessEnv, name: string, fallback: number): number {
+/** A non-negative integer setting from the environment, or the fallback when unset or empty. */
+export function intFromEnv(env: NodeJS.ProcessEnv, name: string, fallback: number): number {
   const raw = env[name];
   if (raw === undefined || raw === '') return fallback;
   const value = Number(raw);
@@ -37,6 +38,10 @@ export interface Config {
   shutdownGraceMs: number;
   /** How long shutdown keeps serving with /readyz failing before it stops accepting (for load balancers). */
   shutdownDelayMs: number;
+  /** Longest a request waits for another one holding its Idempotency-Key before answering 409. */
+  idempotencyWaitMs: number;
+  /** Worker processes serving the port (node:cluster); 1 serves from this process. */
+  webConcurrency: number;
 }
 
 export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
@@ -55,6 +60,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     requestTimeoutMs: intFromEnv(env, 'REQUEST_TIMEOUT_MS', 30_000),
     shutdownGraceMs: intFromEnv(env, 'SHUTDOWN_GRACE_MS', 10_000),
     shutdownDelayMs: intFromEnv(env, 'SHUTDOWN_DELAY_MS', 0),
+    idempotencyWaitMs: intFromEnv(env, 'IDEMPOTENCY_WAIT_MS', 10_000),
+    webConcurrency: Math.max(1, intFromEnv(env, 'WEB_CONCURRENCY', 1)),
     apiKeys: (env.API_KEYS ?? '').split(',').map((k) => k.trim()).filter(Boolean),
   };
 }

@@ -1,4 +1,4 @@
-import { badRequest } from './http/problem.js';
+import { InvalidInputError } from './errors.js';
 
 /** At most 10 integer digits and 2 decimals: what numeric(12,2) holds, never negative. */
 const MONEY = /^[0-9]{1,10}(\.[0-9]{1,2})?$/;
@@ -11,7 +11,7 @@ const MONEY = /^[0-9]{1,10}(\.[0-9]{1,2})?$/;
 export function parseMoney(value: string | number, pointer: string): string {
   const text = typeof value === 'number' ? String(value) : value;
   if (!MONEY.test(text)) {
-    throw badRequest(`${pointer.slice(1)} must be a non-negative amount with at most two decimals`, [
+    throw new InvalidInputError(`${pointer.slice(1)} must be a non-negative amount with at most two decimals`, [
       { pointer, message: 'must be a non-negative amount up to 9999999999.99 with at most two decimals' },
     ]);
   }

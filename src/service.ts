@@ -50,6 +50,38 @@ export async function provideDatabase(config: Config, log: Logger): Promise<{ ur
   return { url: embedded.urlFor(EMBEDDED_DATABASE), embedded };
 }
 
+/** Checks the server is PostgreSQL 16+, applies pending migrations, seeds when asked and empty. */
+async function readyDatabase(database: DatabaseHandle, config: Config, log: Logger): Promise<string> {
+  const postgresVersion = await assertPostgres16(database.pool);
+  const applied = await migrateToLatest(database.db);
+  log.info({ applied }, applied.length ? `applied migrations: ${applied.join(', ')}` : 'database schema is up to date');
+  if (config.seedWhenEmpty) await seedIfEmpty(database.pool, seedParametersFromEnv(), (line) => log.info(line));
+  return postgresVersion;
+}
+
+export interface PreparedDatabase {
+  url: string;
+  postgresVersion: string;
+  embedded?: RunningPostgres;
+}
+
+/**
+ * What the primary of several workers does once, before forking them (main.ts): provides the
+ * database (the embedded one stays the primary's), migrates and seeds it.
+ */
+export async function prepareDatabase(config: Config, log: Logger): Promise<PreparedDatabase> {
+  const { url, embedded } = await provideDatabase(config, log);
+  const database = openDatabase(url, { max: 2, statementTimeoutMs: config.statementTimeoutMs, connectionTimeoutMs: config.connectionTimeoutMs });
+  try {
+    return { url, embedded, postgresVersion: await readyDatabase(database, config, log) };
+  } catch (err) {
+    await embedded?.stop();
+    throw err;
+  } finally {
+    await database.close();
+  }
+}
+
 /** Opens the database, checks it is PostgreSQL 16+, migrates it, and serves the API. */
 export async function startService(config: Config, log: Logger = pino({ level: config.logLevel })): Promise<RunningService> {
   const { url: databaseUrl, embedded } = await provideDatabase(config, log);
@@ -63,10 +95,7 @@ export async function startService(config: Config, log: Logger = pino({ level: c
   // Set first on shutdown, so /readyz fails before the listener closes.
   let draining = false;
   try {
-    const postgresVersion = await assertPostgres16(database.pool);
-    const applied = await migrateToLatest(database.db);
-    log.info({ applied }, applied.length ? `applied migrations: ${applied.join(', ')}` : 'database schema is up to date');
-    if (config.seedWhenEmpty) await seedIfEmpty(database.pool, seedParametersFromEnv(), (line) => log.info(line));
+    const postgresVersion = await readyDatabase(database, config, log);
     const generatedApiKey = config.apiKeys.length ? undefined : loadOrCreateKeyFile(config.dataDir);
     const apiKeys = generatedApiKey ? [generatedApiKey] : config.apiKeys;
     const secret = await database.db.selectFrom('service_secrets').select('value').where('name', '=', 'cursor_hmac_key').executeTakeFirstOrThrow();
@@ -75,6 +104,7 @@ export async function startService(config: Config, log: Logger = pino({ level: c
       {
         bodyLimitBytes: config.bodyLimitBytes,
         apiKeys: new ApiKeys(apiKeys),
+        idempotencyWaitMs: config.idempotencyWaitMs,
         isReady: async () => !draining && (await database.pool.query('SELECT 1')).rowCount === 1,
       },
     );

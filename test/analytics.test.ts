@@ -8,7 +8,7 @@ import pg from 'pg';
 import type { components } from '../generated/api.js';
 import { projectRoot } from '../src/config.js';
 import type { Database } from '../src/db/schema.js';
-import { loadSpec } from '../src/http/app.js';
+import { loadSpec } from '../src/http/contract.js';
 import { readAnalytics } from '../src/resources/analytics.js';
 import { useTestApp } from './support/app.js';
 

@@ -9,7 +9,7 @@ import test from 'ava';
 import fc from 'fast-check';
 import type { ErrorObject } from 'ajv';
 import { openDatabase, type DatabaseHandle } from '../src/db/database.js';
-import { createApi, loadSpec } from '../src/http/app.js';
+import { Contract, loadSpec } from '../src/http/contract.js';
 import { createTestDatabase } from './support/app.js';
 
 let database: DatabaseHandle;
@@ -20,7 +20,7 @@ test.after.always(async () => {
   await database?.close();
 });
 
-const api = await createApi(loadSpec().document, {});
+const api = (await Contract.load(loadSpec().document)).api;
 
 interface Field {
   constraint: string;

@@ -3,7 +3,7 @@ import os from 'node:os';
 import path from 'node:path';
 import test, { type Implementation } from 'ava';
 import { chromium, type BrowserContext, type Page } from 'playwright-core';
-import { loadSpec } from '../src/http/app.js';
+import { loadSpec } from '../src/http/contract.js';
 import { startTestApp, TEST_API_KEY, type TestApp } from './support/app.js';
 
 /** The browser: Debian's chromium, or the binary CHROMIUM_PATH names (make browser sets it too). */

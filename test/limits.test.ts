@@ -1,7 +1,7 @@
 /** Resource limits (OWASP API4): slow queries and an exhausted pool answer 503 with Retry-After instead of hanging. */
 import test from 'ava';
 import pg from 'pg';
-import { loadSpec } from '../src/http/app.js';
+import { loadSpec } from '../src/http/contract.js';
 import { startTestApp, useTestApp } from './support/app.js';
 
 const app = useTestApp(test);

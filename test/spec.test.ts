@@ -6,7 +6,7 @@
 import test from 'ava';
 import { Ajv } from 'ajv';
 import addFormats from 'ajv-formats';
-import { loadSpec } from '../src/http/app.js';
+import { loadSpec } from '../src/http/contract.js';
 
 type Json = Record<string, unknown>;
 const spec = loadSpec().document as unknown as Json;

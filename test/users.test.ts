@@ -251,5 +251,5 @@ test('trailing slashes are tolerated on collection and item paths', async (t) =>
 test('a wrong method is a 405 with Allow', async (t) => {
   const response = await app.fetch('/api/users', { method: 'DELETE' });
   t.is(response.status, 405);
-  t.is(response.headers.get('allow'), 'GET, POST');
+  t.is(response.headers.get('allow'), 'HEAD, GET, POST');
 });

@@ -1,10 +1,11 @@
 import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import type Koa from 'koa';
 import { ApiError } from './problem.js';
+import type { AppMiddleware } from './state.js';
 
 const digest = (key: string) => createHash('sha256').update(key, 'utf8').digest();
+const nameOf = (keyDigest: Buffer) => keyDigest.toString('hex').slice(0, 16);
 
 /**
  * The API keys the service accepts, held only as SHA-256 digests. A presented key is hashed and
@@ -28,16 +29,21 @@ export class ApiKeys {
   }
 
   verify(key: string | undefined): boolean {
-    if (!key) return false;
+    return this.identify(key) !== undefined;
+  }
+
+  /** The caller's name (see clientId) when the key is one of ours, else undefined: the key is hashed once. */
+  identify(key: string | undefined): string | undefined {
+    if (!key) return undefined;
     const presented = digest(key);
     let matched = false;
     for (const known of this.digests) matched = timingSafeEqual(known, presented) || matched;
-    return matched;
+    return matched ? nameOf(presented) : undefined;
   }
 
   /** A stable, non-secret name of the caller, for scoping idempotency keys. */
   static clientId(key: string): string {
-    return digest(key).toString('hex').slice(0, 16);
+    return nameOf(digest(key));
   }
 }
 
@@ -65,15 +71,15 @@ export const isApiPath = (path: string) => path === '/api' || path.startsWith('/
 /**
  * The key is checked first, before the body is read or the idempotency store is touched: a caller
  * without a valid key gets a 401 whatever it sends, costs no parsing and no database work, and a
- * revoked key replays nothing. (openapi-backend's security handler checks the spec's ApiKey scheme
- * again per operation.) Sets ctx.state.client, the caller's non-secret name.
+ * revoked key replays nothing. Each operation's security requirement is then checked against this
+ * result (operations.ts), without hashing the key again. Sets ctx.state.client, the caller's non-secret name.
  */
-export function authenticate(apiKeys: ApiKeys): Koa.Middleware {
+export function authenticate(apiKeys: ApiKeys): AppMiddleware {
   return async (ctx, next) => {
     if (!isApiPath(ctx.path)) return next();
-    const key = ApiKeys.fromHeader(ctx.get('Authorization'));
-    if (!key || !apiKeys.verify(key)) throw unauthorized();
-    ctx.state.client = ApiKeys.clientId(key);
+    const client = apiKeys.identify(ApiKeys.fromHeader(ctx.get('Authorization')));
+    if (client === undefined) throw unauthorized();
+    ctx.state.client = client;
     await next();
   };
 }

@@ -4,6 +4,7 @@ import path from 'node:path';
 import type Router from '@koa/router';
 import { projectRoot } from '../config.js';
 import { ApiError } from './problem.js';
+import type { RequestState } from './state.js';
 
 /** The Redoc page, built by `make docs` (one self-contained file: it renders with no network). */
 export const docsPath = path.join(projectRoot, 'docs', 'index.html');
@@ -51,7 +52,7 @@ const swaggerPage = `<!DOCTYPE html>
 `;
 
 /** GET /docs (Redoc) and GET /docs/swagger (Swagger UI, with its assets under /docs/swagger/). */
-export function registerDocsRoutes(router: Router): void {
+export function registerDocsRoutes(router: Router<RequestState>): void {
   router.get('/docs', (ctx) => {
     if (!fs.existsSync(docsPath)) throw new ApiError(404, 'the documentation is not built; run make docs');
     ctx.type = 'text/html; charset=utf-8';

@@ -1,115 +1,153 @@
 import { createHash } from 'node:crypto';
-import type { Kysely } from 'kysely';
-import { sql } from 'kysely';
-import type Koa from 'koa';
+import { sql, type Kysely } from 'kysely';
 import type { Database } from '../db/schema.js';
-import { isApiPath } from './auth.js';
 import { toApiError } from './pg-errors.js';
 import { ApiError, badRequest, conflict } from './problem.js';
+import type { AppContext } from './state.js';
 
 /** How long a stored response is replayed. */
-const RETENTION = "interval '24 hours'";
-/** A claim older than this belongs to a request that died mid-way; a retry may take it over. */
-const ABANDONED_AFTER = "interval '60 seconds'";
+const RETENTION = '24 hours';
 /** Response headers a replay repeats. */
 const REPLAYED_HEADERS = ['location', 'etag', 'content-type'];
 
+interface StoredAnswer {
+  status: number;
+  response_headers: Record<string, string> | null;
+  response_body: unknown;
+  request_hash: string;
+}
+
+/** The handler's outcome inside the transaction: its answer was set on ctx, or it refused with a 4xx. */
+type Outcome = { kind: 'answered' } | { kind: 'refused'; error: unknown; problem: ApiError } | { kind: 'replay'; stored: StoredAnswer };
+
+class RolledBackRefusal extends Error {
+  constructor(readonly outcome: Extract<Outcome, { kind: 'refused' }>) {
+    super('the request was refused; its effect is rolled back');
+  }
+}
+
 /**
- * Idempotency-Key on POST, as Stripe designed it: the first request with a key claims it; its
- * response (2xx or 4xx, never a 5xx) is stored with a hash of the request and replayed to
- * every retry for 24 hours, so a retry creates nothing new. The same key with another request is
- * a 422; a retry while the first is still running is a 409. Keys are scoped to the API key.
+ * Idempotency-Key on POST, exactly once (Stripe's promise, without a window): the request's
+ * effect and its stored answer are written in one transaction, so they commit together or not
+ * at all, whatever instant the process or the database dies at. While it runs, the request holds
+ * its key's advisory lock (db/migrations/0007): a concurrent request with the same key waits for
+ * it and replays its answer, and answers 409 only if the first is still running after
+ * `waitMs`. After a crash the lock is gone with the connection: a retry needs nothing to expire.
+ * A 4xx is stored too (its effect rolled back first); a 5xx stores nothing, so the client may retry.
+ * Keys are scoped to the API key, and the same key with another request is a 422.
  */
-export function idempotency(db: Kysely<Database>): Koa.Middleware {
-  return async (ctx, next) => {
+export class Idempotency {
+  constructor(
+    private readonly db: Kysely<Database>,
+    private readonly waitMs: number,
+    private readonly onReplay: () => void = () => {},
+  ) {}
+
+  /** Runs `effect` (the rest of the request) exactly once per key, with the executor it must write through. */
+  async run(ctx: AppContext, effect: (db: Kysely<Database>) => Promise<void>): Promise<void> {
     const key = ctx.get('Idempotency-Key');
-    if (ctx.method !== 'POST' || !key || !isApiPath(ctx.path)) return next();
+    if (!key) return effect(this.db);
     if (key.length > 255) {
       throw badRequest('Idempotency-Key is longer than 255 characters', [{ parameter: 'Idempotency-Key', message: 'must be 1 to 255 characters' }]);
     }
     // Set by authenticate(), which runs first: only a caller with a valid key gets this far.
-    const client = ctx.state.client as string;
-    const path = ctx.path.replace(/\/+$/, '');
-    const requestHash = createHash('sha256').update(`${path}\n${JSON.stringify(ctx.request.body ?? null)}`).digest('hex');
-    const mine = db.selectFrom('idempotency_keys').where('client', '=', client).where('key', '=', key);
+    const client = ctx.state.client!;
+    const requestHash = createHash('sha256')
+      .update(`${ctx.path.replace(/\/+$/, '')}\n${JSON.stringify(ctx.request.body ?? null)}`)
+      .digest('hex');
 
-    // Expired and abandoned claims make way for this one.
-    await db
-      .deleteFrom('idempotency_keys')
-      .where('client', '=', client)
-      .where('key', '=', key)
-      .where((eb) =>
-        eb.or([
-          eb('created_at', '<', sql<Date>`now() - ${sql.raw(RETENTION)}`),
-          eb.and([eb('status', 'is', null), eb('created_at', '<', sql<Date>`now() - ${sql.raw(ABANDONED_AFTER)}`)]),
-        ]),
-      )
-      .execute();
-    const claimed = await db
-      .insertInto('idempotency_keys')
-      .values({ client, key, request_hash: requestHash, status: null, response_headers: null, response_body: null })
-      .onConflict((oc) => oc.columns(['client', 'key']).doNothing())
-      .returning('key')
-      .executeTakeFirst();
-
-    if (!claimed) {
-      const earlier = await mine.select(['request_hash', 'status', 'response_headers', 'response_body']).executeTakeFirst();
-      if (!earlier) throw conflict('a request with this Idempotency-Key just finished or expired; retry');
-      if (earlier.request_hash !== requestHash) {
-        throw new ApiError(422, 'this Idempotency-Key was already used with a different request; use a new key', [
-          { parameter: 'Idempotency-Key', message: 'was used with a different request' },
-        ]);
-      }
-      if (earlier.status === null) throw conflict('a request with this Idempotency-Key is still in progress; retry later');
-      ctx.status = earlier.status;
-      for (const [name, value] of Object.entries(earlier.response_headers ?? {})) ctx.set(name, value);
-      ctx.set('Idempotent-Replayed', 'true');
-      if (earlier.response_body !== null) {
-        ctx.body = earlier.response_body;
-        ctx.type = earlier.response_headers?.['content-type'] ?? 'application/json';
-      }
-      return;
-    }
-
-    const store = (status: number, headers: Record<string, string>, body: unknown) =>
-      db
-        .updateTable('idempotency_keys')
-        .set({ status, response_headers: JSON.stringify(headers), response_body: body === undefined ? null : JSON.stringify(body) })
-        .where('client', '=', client)
-        .where('key', '=', key)
-        .execute();
-    const forget = () => db.deleteFrom('idempotency_keys').where('client', '=', client).where('key', '=', key).execute();
-
+    let outcome: Outcome;
     try {
-      await next();
+      outcome = await this.db.transaction().execute(async (trx) => {
+        const stored = await this.begin(trx, client, key);
+        if (stored) return { kind: 'replay', stored } as const;
+        try {
+          await effect(trx);
+        } catch (err) {
+          const problem = toApiError(err);
+          // Nothing decided (a 5xx, the unexpected): everything rolls back, the key stays free.
+          if (!problem || problem.status >= 500) throw err;
+          throw new RolledBackRefusal({ kind: 'refused', error: err, problem });
+        }
+        if (ctx.status >= 500) throw new ApiError(ctx.status, 'the request failed; nothing was stored');
+        await this.store(trx, client, key, requestHash, ctx.status, this.answerHeaders(ctx), ctx.body);
+        return { kind: 'answered' } as const;
+      });
     } catch (err) {
-      const known = toApiError(err);
-      if (known && known.status < 500) {
-        await store(known.status, { 'content-type': 'application/problem+json' }, known.toProblem(ctx.state.requestId as string));
+      if (err instanceof RolledBackRefusal) {
+        // The effect is rolled back; the refusal is stored in a transaction of its own, unless a
+        // concurrent request with this key answered meanwhile: then that answer is the key's.
+        const { problem } = err.outcome;
+        outcome = await this.db.transaction().execute(async (trx) => {
+          const stored = await this.begin(trx, client, key);
+          if (stored) return { kind: 'replay', stored } as const;
+          await this.store(trx, client, key, requestHash, problem.status, { 'content-type': 'application/problem+json' }, problem.toProblem(ctx.state.requestId));
+          return err.outcome;
+        });
+      } else if ((err as { code?: string }).code === '55P03') {
+        throw conflict('a request with this Idempotency-Key is still in progress; retry later');
       } else {
-        // Nothing was decided: the client may retry with the same key.
-        await forget().catch(() => {});
+        throw err;
       }
-      throw err;
     }
-    if (ctx.status >= 500) {
-      await forget();
-      return;
-    }
+
+    if (outcome.kind === 'refused') throw outcome.error;
+    if (outcome.kind === 'replay') this.replay(ctx, outcome.stored, requestHash);
+  }
+
+  /** Waits for the key's lock; the stored answer, if the key has one (expired ones are forgotten). */
+  private async begin(trx: Kysely<Database>, client: string, key: string): Promise<StoredAnswer | undefined> {
+    const { rows } = await sql<StoredAnswer>`
+      SELECT status, response_headers, response_body, request_hash
+      FROM idempotency_begin(${client}, ${key}, ${`${this.waitMs} milliseconds`}::interval, ${RETENTION}::interval)`.execute(trx);
+    return rows[0];
+  }
+
+  private async store(trx: Kysely<Database>, client: string, key: string, requestHash: string, status: number, headers: Record<string, string>, body: unknown) {
+    await trx
+      .insertInto('idempotency_keys')
+      .values({
+        client,
+        key,
+        request_hash: requestHash,
+        status,
+        response_headers: JSON.stringify(headers),
+        response_body: body === undefined || body === null ? null : JSON.stringify(body),
+      })
+      .execute();
+  }
+
+  private answerHeaders(ctx: AppContext): Record<string, string> {
     const headers: Record<string, string> = {};
     for (const name of REPLAYED_HEADERS) {
       const value = ctx.response.get(name);
-      if (value) headers[name] = value;
+      if (value) headers[name] = String(value);
     }
-    await store(ctx.status, headers, ctx.body);
-  };
+    return headers;
+  }
+
+  private replay(ctx: AppContext, stored: StoredAnswer, requestHash: string): void {
+    if (stored.request_hash !== requestHash) {
+      throw new ApiError(422, 'this Idempotency-Key was already used with a different request; use a new key', [
+        { parameter: 'Idempotency-Key', message: 'was used with a different request' },
+      ]);
+    }
+    this.onReplay();
+    ctx.status = stored.status;
+    for (const [name, value] of Object.entries(stored.response_headers ?? {})) ctx.set(name, value);
+    ctx.set('Idempotent-Replayed', 'true');
+    if (stored.response_body !== null) {
+      ctx.body = stored.response_body;
+      ctx.type = stored.response_headers?.['content-type'] ?? 'application/json';
+    }
+  }
 }
 
 /** Deletes stored responses older than 24 hours; run periodically. */
 export async function pruneIdempotencyKeys(db: Kysely<Database>): Promise<number> {
   const result = await db
     .deleteFrom('idempotency_keys')
-    .where('created_at', '<', sql<Date>`now() - ${sql.raw(RETENTION)}`)
+    .where('created_at', '<', sql<Date>`now() - ${RETENTION}::interval`)
     .executeTakeFirst();
   return Number(result.numDeletedRows);
 }

@@ -1,5 +1,7 @@
-import type Koa from 'koa';
+import type { Kysely } from 'kysely';
 import type { operations } from '../../generated/api.js';
+import type { Database } from '../db/schema.js';
+import type { AppContext } from './state.js';
 
 /** Every operationId of the spec. */
 export type OperationId = keyof operations;
@@ -18,10 +20,21 @@ export interface OperationInput<K extends OperationId> {
   path: PathOf<K>;
   query: QueryOf<K>;
   body: BodyOf<K>;
-  ctx: Koa.Context;
+  ctx: AppContext;
+  /**
+   * Where the handler reads and writes: the pool, or, for a request with an Idempotency-Key, the
+   * transaction that also stores its response (so the effect and the record commit together).
+   */
+  db: Kysely<Database>;
 }
 
 export type OperationHandler<K extends OperationId> = (input: OperationInput<K>) => Promise<void>;
 
-/** A resource module's handlers, keyed by operationId so the compiler checks names and types. */
-export type OperationHandlers = { [K in OperationId]?: OperationHandler<K> };
+/**
+ * A handler for every operation of the spec, keyed by operationId: an operation added to the spec
+ * without its handler does not compile (src/resources/index.ts must satisfy this type).
+ */
+export type OperationHandlers = { [K in OperationId]: OperationHandler<K> };
+
+/** What a resource module returns: handlers for some operations, each typed by its operationId. */
+export type ResourceHandlers<K extends OperationId> = Pick<OperationHandlers, K>;

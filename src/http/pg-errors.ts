@@ -1,4 +1,5 @@
 import { DatabaseUnavailableError } from '../db/database.js';
+import { ConflictError, InvalidInputError, NotFoundError, StaleVersionError } from '../errors.js';
 import { ApiError, badRequest, conflict, unavailable, type FieldError } from './problem.js';
 
 /** The fields of a pg DatabaseError we read; pg sets them from the server's error report. */
@@ -89,9 +90,17 @@ export function problemFromPgError(err: unknown): ApiError | undefined {
   return undefined;
 }
 
-/** A known, client-facing error, or undefined for what must be logged and answered as a 500. */
+/**
+ * The one place where any error becomes the problem a client sees: domain errors, PostgreSQL's,
+ * the body parser's. Undefined for what must be logged and answered as a 500.
+ */
 export function toApiError(err: unknown): ApiError | undefined {
   if (err instanceof ApiError) return err;
+  // Domain errors (src/errors.ts), which know nothing of HTTP.
+  if (err instanceof InvalidInputError) return badRequest(err.message, err.errors);
+  if (err instanceof NotFoundError) return new ApiError(404, err.message);
+  if (err instanceof ConflictError) return conflict(err.message, err.errors);
+  if (err instanceof StaleVersionError) return new ApiError(412, err.message);
   const pg = problemFromPgError(err);
   if (pg) return pg;
   // Errors from koa-bodyparser / raw-body carry a 4xx status and a safe message.

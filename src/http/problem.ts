@@ -1,11 +1,8 @@
 import { STATUS_CODES } from 'node:http';
 
-/** One offending input: a JSON Pointer into the body, or the name of a parameter. */
-export interface FieldError {
-  pointer?: string;
-  parameter?: string;
-  message: string;
-}
+import type { FieldError } from '../errors.js';
+
+export type { FieldError };
 
 /** An RFC 9457 problem document. */
 export interface Problem {
@@ -17,7 +14,7 @@ export interface Problem {
   errors?: FieldError[];
 }
 
-/** The one error type handlers throw; the error middleware turns it into a problem response. */
+/** An error with its HTTP answer; every other error is turned into one by toApiError (pg-errors.ts). */
 export class ApiError extends Error {
   constructor(
     readonly status: number,
@@ -42,7 +39,6 @@ export class ApiError extends Error {
 }
 
 export const badRequest = (detail: string, errors?: FieldError[]) => new ApiError(400, detail, errors);
-export const notFound = (what: string, id: number | string) => new ApiError(404, `${what} ${id} does not exist`);
 export const conflict = (detail: string, errors?: FieldError[]) => new ApiError(409, detail, errors);
 export const unavailable = (detail: string) =>
   new ApiError(503, detail, undefined, { 'Retry-After': '1' });

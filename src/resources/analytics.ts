@@ -183,10 +183,10 @@ export async function readAnalytics(db: Kysely<Database>, source: AnalyticsSourc
   };
 }
 
-export function analyticsHandlers({ db }: Deps): OperationHandlers {
+export function analyticsHandlers(_deps: Deps) {
   return {
-    async getAnalytics({ query, ctx }) {
+    async getAnalytics({ query, ctx, db }) {
       sendObject(ctx, 200, await readAnalytics(db, query.source ?? 'aggregates'));
     },
-  };
+  } satisfies Partial<OperationHandlers>;
 }

@@ -1,11 +1,11 @@
 import type { Kysely, Selectable } from 'kysely';
 import type { components } from '../../generated/api.js';
 import type { Database, FeaturesTable } from '../db/schema.js';
-import { writeIfMatch } from '../db/conditional.js';
 import type { Deps } from '../deps.js';
+import { InvalidInputError, type FieldError } from '../errors.js';
 import type { OperationHandlers } from '../http/operation.js';
-import { badRequest, notFound, type FieldError } from '../http/problem.js';
 import { pageRequest, sendObject, sendPage } from '../http/respond.js';
+import { byId } from './by-id.js';
 
 type Feature = components['schemas']['Feature'];
 type FeatureRow = Selectable<FeaturesTable>;
@@ -17,6 +17,8 @@ export const toFeature = (row: FeatureRow): Feature => ({
   created_at: row.created_at.toISOString(),
   updated_at: row.updated_at.toISOString(),
 });
+
+const features = byId('features', 'feature', toFeature);
 
 /** `q` is matched literally: LIKE's own wildcards and its escape character lose their meaning. */
 const escapeLike = (text: string) => text.replace(/[\\%_]/g, (c) => `\\${c}`);
@@ -43,7 +45,7 @@ export async function assertFeaturesExist(trx: Kysely<Database>, ids: number[], 
     message: `refers to feature ${missing.join(', ')}, which does not exist`,
   }));
   const all = [...missingByPointer.values()].flat();
-  throw badRequest(`feature ${all.join(', ')} does not exist`, errors);
+  throw new InvalidInputError(`feature ${all.join(', ')} does not exist`, errors);
 }
 
 /** The page query of the feature list (exported for EXPLAIN): `q` is served by the trigram index of migration 0005. */
@@ -55,18 +57,14 @@ export function featurePageQuery(db: Kysely<Database>, cursors: Deps['cursors'],
   return { q, page };
 }
 
-export function featureHandlers({ db, cursors }: Deps): OperationHandlers {
-  const lockFeature = (id: number) => (trx: Kysely<Database>) =>
-    trx.selectFrom('features').selectAll().where('id', '=', id).forUpdate().executeTakeFirst();
-  const what = (id: number): [string, number] => ['feature', id];
-
+export function featureHandlers({ cursors }: Deps) {
   return {
-    async listFeatures({ query, ctx }) {
+    async listFeatures({ query, ctx, db }) {
       const { q, page } = featurePageQuery(db, cursors, query);
       sendPage(ctx, cursors, page, 'id', await q.execute(), toFeature, (row) => [row.id]);
     },
 
-    async createFeature({ body, ctx }) {
+    async createFeature({ body, ctx, db }) {
       const row = await db
         .insertInto('features')
         .values({ name: body.name, description: body.description ?? null })
@@ -75,50 +73,22 @@ export function featureHandlers({ db, cursors }: Deps): OperationHandlers {
       sendObject(ctx, 201, toFeature(row), `/api/features/${row.id}`);
     },
 
-    async getFeature({ path, ctx }) {
-      const row = await db.selectFrom('features').selectAll().where('id', '=', path.id).executeTakeFirst();
-      if (!row) throw notFound('feature', path.id);
-      sendObject(ctx, 200, toFeature(row));
+    async getFeature({ path, ctx, db }) {
+      sendObject(ctx, 200, toFeature(await features.get(db, path.id)));
     },
 
-    async updateFeature({ path, body, ctx }) {
-      const row = await writeIfMatch(db, ctx, {
-        what: what(path.id),
-        lockCurrent: lockFeature(path.id),
-        represent: toFeature,
-        write: (executor) =>
-          Object.keys(body).length === 0
-            ? executor.selectFrom('features').selectAll().where('id', '=', path.id).executeTakeFirst()
-            : executor.updateTable('features').set(body).where('id', '=', path.id).returningAll().executeTakeFirst(),
-      });
-      sendObject(ctx, 200, toFeature(row));
+    async updateFeature({ path, body, ctx, db }) {
+      sendObject(ctx, 200, toFeature(await features.update(db, ctx, path.id, body)));
     },
 
-    async replaceFeature({ path, body, ctx }) {
-      const row = await writeIfMatch(db, ctx, {
-        what: what(path.id),
-        lockCurrent: lockFeature(path.id),
-        represent: toFeature,
-        write: (executor) =>
-          executor
-            .updateTable('features')
-            .set({ name: body.name, description: body.description ?? null })
-            .where('id', '=', path.id)
-            .returningAll()
-            .executeTakeFirst(),
-      });
-      sendObject(ctx, 200, toFeature(row));
+    async replaceFeature({ path, body, ctx, db }) {
+      sendObject(ctx, 200, toFeature(await features.update(db, ctx, path.id, { name: body.name, description: body.description ?? null })));
     },
 
-    async deleteFeature({ path, ctx }) {
+    async deleteFeature({ path, ctx, db }) {
       // While a subscription includes the feature, the RESTRICT foreign key refuses: a 409 (pg-errors.ts).
-      await writeIfMatch(db, ctx, {
-        what: what(path.id),
-        lockCurrent: lockFeature(path.id),
-        represent: toFeature,
-        write: (executor) => executor.deleteFrom('features').where('id', '=', path.id).returning('id').executeTakeFirst(),
-      });
+      await features.delete(db, ctx, path.id);
       ctx.status = 204;
     },
-  };
+  } satisfies Partial<OperationHandlers>;
 }

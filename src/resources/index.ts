@@ -6,7 +6,10 @@ import { subscriptionFeatureHandlers } from './subscription-features.js';
 import { subscriptionHandlers } from './subscriptions.js';
 import { userHandlers } from './users.js';
 
-/** Every operation's handler, from the resource modules: the one list a new resource is added to. */
+/**
+ * Every operation's handler, from the resource modules: the one list a new resource is added to.
+ * `satisfies OperationHandlers` makes an operation of the spec without a handler a compile error.
+ */
 export function allHandlers(deps: Deps): OperationHandlers {
   return {
     ...userHandlers(deps),
@@ -14,5 +17,5 @@ export function allHandlers(deps: Deps): OperationHandlers {
     ...featureHandlers(deps),
     ...subscriptionFeatureHandlers(deps),
     ...analyticsHandlers(deps),
-  };
+  } satisfies OperationHandlers;
 }

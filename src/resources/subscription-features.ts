@@ -1,11 +1,12 @@
 import type { Kysely } from 'kysely';
 import type { components } from '../../generated/api.js';
 import type { Database } from '../db/schema.js';
-import { writeIfMatch } from '../db/conditional.js';
+import { inTransaction } from '../db/transaction.js';
 import type { Deps } from '../deps.js';
+import { InvalidInputError, NotFoundError, type FieldError } from '../errors.js';
 import type { OperationHandlers } from '../http/operation.js';
-import { badRequest, notFound, type FieldError } from '../http/problem.js';
 import { checkIfMatch, etagOf, hasIfMatch, pageRequest, sendObject, sendPage } from '../http/respond.js';
+import { writeIfMatch } from './conditional.js';
 import { assertFeaturesExist } from './features.js';
 
 type SubscriptionFeature = components['schemas']['SubscriptionFeature'];
@@ -54,7 +55,7 @@ const link = (executor: Kysely<Database>, subscriptionId: number, featureId: num
  */
 async function lockSubscriptionSet(trx: Kysely<Database>, id: number): Promise<void> {
   const found = await trx.selectFrom('subscriptions').select('id').where('id', '=', id).forNoKeyUpdate().executeTakeFirst();
-  if (!found) throw notFound('subscription', id);
+  if (!found) throw new NotFoundError('subscription', id);
 }
 
 /** The whole set of a subscription's links, as PUT returns it; its ETag is what If-Match on PUT compares. */
@@ -71,16 +72,16 @@ function assertNoDuplicates(featureIds: number[]): void {
     if (seen.has(id)) errors.push({ pointer: `/features/${index}/feature_id`, message: `repeats feature ${id}; each feature may appear once` });
     seen.add(id);
   });
-  if (errors.length) throw badRequest('a feature appears more than once in the set', errors);
+  if (errors.length) throw new InvalidInputError('a feature appears more than once in the set', errors);
 }
 
-export function subscriptionFeatureHandlers({ db, cursors }: Deps): OperationHandlers {
+export function subscriptionFeatureHandlers({ cursors }: Deps) {
   const what = (id: number, featureId: number): [string, number] => [`link from subscription ${id} to feature`, featureId];
 
   return {
-    async listSubscriptionFeatures({ path, query, ctx }) {
+    async listSubscriptionFeatures({ path, query, ctx, db }) {
       const subscription = await db.selectFrom('subscriptions').select('id').where('id', '=', path.id).executeTakeFirst();
-      if (!subscription) throw notFound('subscription', path.id);
+      if (!subscription) throw new NotFoundError('subscription', path.id);
       const page = pageRequest(cursors, query, 'feature_id', 1);
       // The junction's primary key (subscription_id, feature_id) gives this order and the keyset.
       let q = links(db)
@@ -95,9 +96,9 @@ export function subscriptionFeatureHandlers({ db, cursors }: Deps): OperationHan
       sendPage(ctx, cursors, page, 'feature_id', rows, toLink, (row) => [row.feature_id]);
     },
 
-    async attachSubscriptionFeature({ path, body, ctx }) {
+    async attachSubscriptionFeature({ path, body, ctx, db }) {
       // Attached twice: the primary key says 409; an unknown feature: its foreign key says 400 (pg-errors.ts).
-      const row = await db.transaction().execute(async (trx) => {
+      const row = await inTransaction(db, async (trx) => {
         await lockSubscriptionSet(trx, path.id);
         await trx
           .insertInto('subscription_features')
@@ -108,10 +109,10 @@ export function subscriptionFeatureHandlers({ db, cursors }: Deps): OperationHan
       sendObject(ctx, 201, toLink(row), `/api/subscriptions/${path.id}/features/${row.feature_id}`);
     },
 
-    async replaceSubscriptionFeatures({ path, body, ctx }) {
+    async replaceSubscriptionFeatures({ path, body, ctx, db }) {
       const featureIds = body.features.map((f) => f.feature_id);
       assertNoDuplicates(featureIds);
-      const set = await db.transaction().execute(async (trx) => {
+      const set = await inTransaction(db, async (trx) => {
         await lockSubscriptionSet(trx, path.id);
         // Every change to the set locks the subscription first, so the set compared is the set replaced.
         if (hasIfMatch(ctx)) checkIfMatch(ctx, await currentSet(trx, path.id));
@@ -137,13 +138,13 @@ export function subscriptionFeatureHandlers({ db, cursors }: Deps): OperationHan
       sendObject(ctx, 200, set);
     },
 
-    async getSubscriptionFeature({ path, ctx }) {
+    async getSubscriptionFeature({ path, ctx, db }) {
       const row = await link(db, path.id, path.feature_id).executeTakeFirst();
-      if (!row) throw notFound(...what(path.id, path.feature_id));
+      if (!row) throw new NotFoundError(...what(path.id, path.feature_id));
       sendObject(ctx, 200, toLink(row));
     },
 
-    async updateSubscriptionFeature({ path, body, ctx }) {
+    async updateSubscriptionFeature({ path, body, ctx, db }) {
       const row = await writeIfMatch(db, ctx, {
         what: what(path.id, path.feature_id),
         lockCurrent: (trx) => link(trx, path.id, path.feature_id).forUpdate('subscription_features').executeTakeFirst(),
@@ -169,7 +170,7 @@ export function subscriptionFeatureHandlers({ db, cursors }: Deps): OperationHan
       sendObject(ctx, 200, toLink(row));
     },
 
-    async detachSubscriptionFeature({ path, ctx }) {
+    async detachSubscriptionFeature({ path, ctx, db }) {
       await writeIfMatch(db, ctx, {
         what: what(path.id, path.feature_id),
         lockCurrent: (trx) => link(trx, path.id, path.feature_id).forUpdate('subscription_features').executeTakeFirst(),
@@ -184,5 +185,5 @@ export function subscriptionFeatureHandlers({ db, cursors }: Deps): OperationHan
       });
       ctx.status = 204;
     },
-  };
+  } satisfies Partial<OperationHandlers>;
 }

@@ -1,14 +1,15 @@
 import type { Kysely, Selectable, SelectQueryBuilder } from 'kysely';
-import type Koa from 'koa';
 import type { components, operations } from '../../generated/api.js';
 import type { Database, SubscriptionsTable } from '../db/schema.js';
-import { writeIfMatch } from '../db/conditional.js';
+import { inTransaction } from '../db/transaction.js';
 import type { Deps } from '../deps.js';
 import type { OperationHandlers } from '../http/operation.js';
-import { notFound } from '../http/problem.js';
 import { pageRequest, sendObject, sendPage } from '../http/respond.js';
+import type { AppContext } from '../http/state.js';
 import { formatMoney, parseMoney } from '../money.js';
+import { byId } from './by-id.js';
 import { assertFeaturesExist } from './features.js';
+import { users } from './users.js';
 
 type Subscription = components['schemas']['Subscription'];
 type SubscriptionRow = Selectable<SubscriptionsTable>;
@@ -27,6 +28,8 @@ export const toSubscription = (row: SubscriptionRow): Subscription => ({
   created_at: row.created_at.toISOString(),
   updated_at: row.updated_at.toISOString(),
 });
+
+const subscriptions = byId('subscriptions', 'subscription', toSubscription);
 
 /** Every stored field of a full representation (POST, PUT): omitted optional fields take their defaults. */
 const storedFields = (body: components['schemas']['SubscriptionInput']) => ({
@@ -104,86 +107,59 @@ export function subscriptionPageQuery(db: Kysely<Database>, cursors: Deps['curso
   return { q, page, sortName, keysOf };
 }
 
-async function sendSubscriptionPage(ctx: Koa.Context, db: Kysely<Database>, cursors: Deps['cursors'], query: ListQuery): Promise<void> {
+async function sendSubscriptionPage(ctx: AppContext, db: Kysely<Database>, cursors: Deps['cursors'], query: ListQuery): Promise<void> {
   const { q, page, sortName, keysOf } = subscriptionPageQuery(db, cursors, query);
   sendPage(ctx, cursors, page, sortName, await q.execute(), toSubscription, keysOf);
 }
 
-export function subscriptionHandlers({ db, cursors }: Deps): OperationHandlers {
-  const lockSubscription = (id: number) => (trx: Kysely<Database>) =>
-    trx.selectFrom('subscriptions').selectAll().where('id', '=', id).forUpdate().executeTakeFirst();
-  const what = (id: number): [string, number] => ['subscription', id];
-
+export function subscriptionHandlers({ cursors }: Deps) {
   return {
-    async listSubscriptions({ query, ctx }) {
+    async listSubscriptions({ query, ctx, db }) {
       await sendSubscriptionPage(ctx, db, cursors, query);
     },
 
-    async listUserSubscriptions({ path, query, ctx }) {
-      const user = await db.selectFrom('users').select('id').where('id', '=', path.id).executeTakeFirst();
-      if (!user) throw notFound('user', path.id);
+    async listUserSubscriptions({ path, query, ctx, db }) {
+      await users.get(db, path.id);
       await sendSubscriptionPage(ctx, db, cursors, { ...query, user_id: path.id });
     },
 
-    async createSubscription({ body, ctx }) {
+    async createSubscription({ body, ctx, db }) {
       const values = storedFields(body);
       const featureIds = body.feature_ids ?? [];
       const insert = (executor: Kysely<Database>) => executor.insertInto('subscriptions').values(values).returningAll().executeTakeFirstOrThrow();
       // With features, the subscription and its links are stored together or not at all.
-      const row = featureIds.length === 0
-        ? await insert(db)
-        : await db.transaction().execute(async (trx) => {
-            await assertFeaturesExist(trx, featureIds, () => '/feature_ids');
-            const created = await insert(trx);
-            await trx
-              .insertInto('subscription_features')
-              .values(featureIds.map((feature_id) => ({ subscription_id: created.id, feature_id })))
-              .execute();
-            return created;
-          });
+      const row =
+        featureIds.length === 0
+          ? await insert(db)
+          : await inTransaction(db, async (trx) => {
+              await assertFeaturesExist(trx, featureIds, () => '/feature_ids');
+              const created = await insert(trx);
+              await trx
+                .insertInto('subscription_features')
+                .values(featureIds.map((feature_id) => ({ subscription_id: created.id, feature_id })))
+                .execute();
+              return created;
+            });
       sendObject(ctx, 201, toSubscription(row), `/api/subscriptions/${row.id}`);
     },
 
-    async getSubscription({ path, ctx }) {
-      const row = await db.selectFrom('subscriptions').selectAll().where('id', '=', path.id).executeTakeFirst();
-      if (!row) throw notFound('subscription', path.id);
-      sendObject(ctx, 200, toSubscription(row));
+    async getSubscription({ path, ctx, db }) {
+      sendObject(ctx, 200, toSubscription(await subscriptions.get(db, path.id)));
     },
 
-    async updateSubscription({ path, body, ctx }) {
+    async updateSubscription({ path, body, ctx, db }) {
       const { plan_cost, ...rest } = body;
       const changes = plan_cost === undefined ? rest : { ...rest, plan_cost: parseMoney(plan_cost, '/plan_cost') };
-      const row = await writeIfMatch(db, ctx, {
-        what: what(path.id),
-        lockCurrent: lockSubscription(path.id),
-        represent: toSubscription,
-        write: (executor) =>
-          Object.keys(changes).length === 0
-            ? executor.selectFrom('subscriptions').selectAll().where('id', '=', path.id).executeTakeFirst()
-            : executor.updateTable('subscriptions').set(changes).where('id', '=', path.id).returningAll().executeTakeFirst(),
-      });
-      sendObject(ctx, 200, toSubscription(row));
+      sendObject(ctx, 200, toSubscription(await subscriptions.update(db, ctx, path.id, changes)));
     },
 
-    async replaceSubscription({ path, body, ctx }) {
-      const replacement = storedFields(body);
-      const row = await writeIfMatch(db, ctx, {
-        what: what(path.id),
-        lockCurrent: lockSubscription(path.id),
-        represent: toSubscription,
-        write: (executor) => executor.updateTable('subscriptions').set(replacement).where('id', '=', path.id).returningAll().executeTakeFirst(),
-      });
-      sendObject(ctx, 200, toSubscription(row));
+    async replaceSubscription({ path, body, ctx, db }) {
+      sendObject(ctx, 200, toSubscription(await subscriptions.update(db, ctx, path.id, storedFields(body))));
     },
 
-    async deleteSubscription({ path, ctx }) {
-      await writeIfMatch(db, ctx, {
-        what: what(path.id),
-        lockCurrent: lockSubscription(path.id),
-        represent: toSubscription,
-        write: (executor) => executor.deleteFrom('subscriptions').where('id', '=', path.id).returning('id').executeTakeFirst(),
-      });
+    async deleteSubscription({ path, ctx, db }) {
+      await subscriptions.delete(db, ctx, path.id);
       ctx.status = 204;
     },
-  };
+  } satisfies Partial<OperationHandlers>;
 }

@@ -8,7 +8,7 @@ import type { paths } from '../../generated/api.js';
 import { loadConfig } from '../../src/config.js';
 import { openDatabase, type DatabaseHandle } from '../../src/db/database.js';
 import { ensureDatabase } from '../../src/db/embedded.js';
-import { createApi, loadSpec } from '../../src/http/app.js';
+import { Contract, loadSpec } from '../../src/http/contract.js';
 import { startService, type RunningService } from '../../src/service.js';
 
 /** The key every test client sends (the service under test accepts only it). */
@@ -45,7 +45,7 @@ const spec = loadSpec();
 const problemSchema = (spec.document.components?.schemas as Record<string, object>).Problem!;
 const ajv = new Ajv({ allErrors: true, strict: false });
 const validateProblem = ajv.compile(problemSchema);
-const apiForValidation = createApi(spec.document, {});
+const apiForValidation = Contract.load(spec.document).then((contract) => contract.api);
 
 /** Checks one response against the spec: declared status, body schema, problem documents. */
 export async function checkResponse(method: string, url: URL, response: Response): Promise<void> {

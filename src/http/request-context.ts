@@ -1,0 +1,49 @@
+import { randomUUID } from 'node:crypto';
+import type { Logger } from 'pino';
+import { isApiPath } from './auth.js';
+import { toApiError } from './pg-errors.js';
+import { ApiError } from './problem.js';
+import type { AppMiddleware } from './state.js';
+
+const SANE_REQUEST_ID = /^[\w.:-]{1,100}$/;
+
+/**
+ * The first middleware: gives the request its id and logger, sets the headers every answer has,
+ * and is the one place where every error leaves as an RFC 9457 problem (unexpected ones are
+ * logged with the request id; the client sees no internals). One log line per request.
+ */
+export function requestContext(log: Logger): AppMiddleware {
+  return async (ctx, next) => {
+    const incoming = ctx.get('X-Request-Id');
+    const requestId = SANE_REQUEST_ID.test(incoming) ? incoming : randomUUID();
+    const requestLog = log.child({ requestId });
+    ctx.state.requestId = requestId;
+    ctx.state.log = requestLog;
+    ctx.set('X-Request-Id', requestId);
+    ctx.set('X-Content-Type-Options', 'nosniff');
+    if (isApiPath(ctx.path)) ctx.set('Cache-Control', 'no-store');
+    const started = process.hrtime.bigint();
+    try {
+      await next();
+      if (ctx.body === undefined || ctx.body === null) {
+        // The router's own answers (404; 405 and 501 with Allow) become problems too.
+        if (ctx.status === 404) throw new ApiError(404, `no resource at ${ctx.path}`);
+        if (ctx.status === 405 || ctx.status === 501) {
+          const allow = ctx.response.get('Allow');
+          throw new ApiError(ctx.status, `${ctx.method} is not allowed on ${ctx.path}`, undefined, allow ? { Allow: allow } : {});
+        }
+      }
+    } catch (err) {
+      const problem = toApiError(err);
+      if (!problem) requestLog.error({ err, method: ctx.method, path: ctx.path }, 'unexpected error');
+      const apiError = problem ?? new ApiError(500, 'an unexpected error occurred; it has been logged with the request id');
+      ctx.status = apiError.status;
+      for (const [name, value] of Object.entries(apiError.headers)) ctx.set(name, value);
+      ctx.body = apiError.toProblem(requestId);
+      // Koa resets the type when an object is assigned to the body: set it after.
+      ctx.type = 'application/problem+json';
+    } finally {
+      requestLog.info({ method: ctx.method, path: ctx.path, status: ctx.status, ms: Number(process.hrtime.bigint() - started) / 1e6 }, 'request');
+    }
+  };
+}

@@ -1,0 +1,53 @@
+import type { Kysely, Selectable, Updateable } from 'kysely';
+import type { Database } from '../db/schema.js';
+import { NotFoundError } from '../errors.js';
+import type { AppContext } from '../http/state.js';
+import { writeIfMatch } from './conditional.js';
+
+/** The tables whose objects are addressed as /<resource>/{id}. */
+type ByIdTable = 'users' | 'features' | 'subscriptions';
+type Row<T extends ByIdTable> = Selectable<Database[T]>;
+
+/**
+ * What every /<resource>/{id} does the same way: read one row (404 when missing), change it
+ * (only the given columns; none given: the row as it is) or delete it, honouring If-Match
+ * against the representation's ETag. A resource module adds only what is particular to it.
+ */
+export function byId<T extends ByIdTable>(table: T, what: string, represent: (row: Row<T>) => object) {
+  // Kysely checks a query against one table, not a union: the queries are written for `users` (the
+  // three tables share `id`) and their rows typed by T at this boundary.
+  const name = table as ByIdTable as 'users';
+  const find = (db: Kysely<Database>, id: number) => db.selectFrom(name).selectAll().where('id', '=', id);
+  const get = (db: Kysely<Database>, id: number) => find(db, id).executeTakeFirst() as Promise<Row<T> | undefined>;
+  const lockCurrent = (id: number) => (trx: Kysely<Database>) => find(trx, id).forUpdate().executeTakeFirst() as Promise<Row<T> | undefined>;
+
+  return {
+    async get(db: Kysely<Database>, id: number): Promise<Row<T>> {
+      const row = await get(db, id);
+      if (!row) throw new NotFoundError(what, id);
+      return row;
+    },
+
+    /** PATCH and PUT: the given columns change (If-Match honoured); the row as it is afterwards. */
+    update(db: Kysely<Database>, ctx: AppContext, id: number, changes: Updateable<Database[T]>): Promise<Row<T>> {
+      return writeIfMatch(db, ctx, {
+        what: [what, id],
+        lockCurrent: lockCurrent(id),
+        represent,
+        write: (executor) =>
+          Object.keys(changes).length === 0
+            ? get(executor, id)
+            : (executor.updateTable(name).set(changes as Updateable<Database['users']>).where('id', '=', id).returningAll().executeTakeFirst() as Promise<Row<T> | undefined>),
+      });
+    },
+
+    async delete(db: Kysely<Database>, ctx: AppContext, id: number): Promise<void> {
+      await writeIfMatch(db, ctx, {
+        what: [what, id],
+        lockCurrent: lockCurrent(id),
+        represent,
+        write: (executor) => executor.deleteFrom(name).where('id', '=', id).returning('id').executeTakeFirst(),
+      });
+    },
+  };
+}
