@@ -42,6 +42,14 @@ export interface Config {
   idempotencyWaitMs: number;
   /** Worker processes serving the port (node:cluster); 1 serves from this process. */
   webConcurrency: number;
+  /** GET /metrics without an API key (METRICS_PUBLIC=1); otherwise it needs one, as /api does. */
+  metricsPublic: boolean;
+  /** Requests per API key per minute, shared by every process and instance; 0 turns rate limiting off. */
+  rateLimitPerMinute: number;
+  /** The rate limit's fixed window: each window allows rateLimitPerMinute * windowSeconds / 60 requests. */
+  rateLimitWindowSeconds: number;
+  /** Origins allowed to call /api and read the spec from a browser (CORS_ORIGINS, comma-separated); empty: no CORS headers. */
+  corsOrigins: string[];
 }
 
 export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
@@ -63,5 +71,9 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     idempotencyWaitMs: intFromEnv(env, 'IDEMPOTENCY_WAIT_MS', 10_000),
     webConcurrency: Math.max(1, intFromEnv(env, 'WEB_CONCURRENCY', 1)),
     apiKeys: (env.API_KEYS ?? '').split(',').map((k) => k.trim()).filter(Boolean),
+    metricsPublic: env.METRICS_PUBLIC === '1',
+    rateLimitPerMinute: intFromEnv(env, 'RATE_LIMIT_PER_MINUTE', 600),
+    rateLimitWindowSeconds: intFromEnv(env, 'RATE_LIMIT_WINDOW_SECONDS', 60),
+    corsOrigins: (env.CORS_ORIGINS ?? '').split(',').map((o) => o.trim()).filter(Boolean),
   };
 }

@@ -2,6 +2,7 @@ import cluster, { type Worker } from 'node:cluster';
 import { pino, type Logger } from 'pino';
 import { loadConfig, type Config } from './config.js';
 import { loadOrCreateKeyFile } from './http/auth.js';
+import { serveClusterMetrics } from './http/metrics.js';
 import { prepareDatabase, startService } from './service.js';
 
 const config = loadConfig();
@@ -65,6 +66,8 @@ async function runPrimary(cfg: Config): Promise<void> {
   const workerEnv = { DATABASE_URL: prepared.url, SEED_WHEN_EMPTY: '0' };
   let stopping = false;
   const fork = () => cluster.fork(workerEnv);
+  // A worker's GET /metrics is answered with every worker's metrics, aggregated here (metrics.ts).
+  serveClusterMetrics();
   cluster.on('exit', (worker: Worker, code, signal) => {
     // A worker that stopped cleanly was told to (a terminal's Ctrl-C reaches every process).
     if (stopping || code === 0) return;

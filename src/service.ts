@@ -106,6 +106,10 @@ export async function startService(config: Config, log: Logger = pino({ level: c
         apiKeys: new ApiKeys(apiKeys),
         idempotencyWaitMs: config.idempotencyWaitMs,
         isReady: async () => !draining && (await database.pool.query('SELECT 1')).rowCount === 1,
+        pool: database.pool,
+        metricsPublic: config.metricsPublic,
+        rateLimit: { perMinute: config.rateLimitPerMinute, windowSeconds: config.rateLimitWindowSeconds },
+        corsOrigins: config.corsOrigins,
       },
     );
     server = await new Promise<Server>((resolve, reject) => {

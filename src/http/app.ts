@@ -2,14 +2,18 @@ import Router from '@koa/router';
 import { constants as zlib } from 'node:zlib';
 import Koa from 'koa';
 import compress from 'koa-compress';
+import type pg from 'pg';
 import type { Deps } from '../deps.js';
 import { allHandlers } from '../resources/index.js';
 import { ApiKeys, authenticate } from './auth.js';
 import { Contract, loadSpec } from './contract.js';
+import { corsForOrigins } from './cors.js';
 import { registerDocsRoutes } from './docs.js';
 import { Idempotency } from './idempotency.js';
+import { ServiceMetrics } from './metrics.js';
 import { routeOperations } from './operations.js';
 import { ApiError } from './problem.js';
+import { rateLimit, type RateLimitOptions } from './rate-limit.js';
 import { requestContext } from './request-context.js';
 import type { RequestState } from './state.js';
 
@@ -20,6 +24,14 @@ export interface AppOptions {
   idempotencyWaitMs: number;
   /** Answers whether the database is reachable, for /readyz. */
   isReady: () => Promise<boolean>;
+  /** The database pool: its size, idle and waiting counts for /metrics; the rate limiter's store. */
+  pool: pg.Pool;
+  /** GET /metrics without an API key. */
+  metricsPublic: boolean;
+  /** Per API key, shared through the database; perMinute 0 turns it off. */
+  rateLimit: RateLimitOptions;
+  /** Origins allowed by CORS on /api and the spec; empty: no CORS headers. */
+  corsOrigins: string[];
 }
 
 /**
@@ -39,8 +51,10 @@ const compressLargeBodies = compress({
 });
 
 /**
- * The Koa application, in the order a request meets it (README, "How a request flows"):
- * request id, headers and problem errors; the API key for /api; the router, built once from the
+ * The Koa application, in the order a request meets it (README, "How a request flows"): metrics
+ * (outermost, so they count the status the client gets); request id, headers and problem errors;
+ * CORS (a preflight is answered here, without a key); the API key for /api; the rate limit per
+ * key (shared through the database); the router, built once from the
  * spec, which gives each operation its stages (security, body, Idempotency-Key, validation,
  * handler); health, the spec and the docs beside it.
  */
@@ -49,12 +63,14 @@ export async function createApp(deps: Deps, options: AppOptions): Promise<Koa<Re
   const contract = await Contract.load(spec.document);
   const specJson = JSON.stringify(spec.document);
 
+  const metrics = new ServiceMetrics(contract.operations, options.pool);
   const router = new Router<RequestState>();
   routeOperations(router, contract, allHandlers(deps), {
     db: deps.db,
     bodyLimitBytes: options.bodyLimitBytes,
-    idempotency: new Idempotency(deps.db, options.idempotencyWaitMs),
+    idempotency: new Idempotency(deps.db, options.idempotencyWaitMs, metrics.countReplay),
   });
+  router.get('/metrics', metrics.route(options.apiKeys, options.metricsPublic));
   router.get('/healthz', (ctx) => {
     ctx.body = { status: 'ok' };
   });
@@ -75,9 +91,14 @@ export async function createApp(deps: Deps, options: AppOptions): Promise<Koa<Re
 
   const app = new Koa<RequestState>();
   app.proxy = false;
+  app.use(metrics.middleware(router));
   app.use(requestContext(deps.log));
+  const cors = corsForOrigins(options.corsOrigins);
+  if (cors) app.use(cors);
   app.use(compressLargeBodies);
   app.use(authenticate(options.apiKeys));
+  const limit = rateLimit(options.pool, options.rateLimit);
+  if (limit) app.use(limit);
   app.use(router.routes());
   app.use(router.allowedMethods());
   return app;

@@ -2,7 +2,6 @@ import { randomBytes } from 'node:crypto';
 import type { TestFn } from 'ava';
 import createClient, { type Client, type Middleware } from 'openapi-fetch';
 import { Ajv } from 'ajv';
-import addFormats from 'ajv-formats';
 import { pino } from 'pino';
 import type { paths } from '../../generated/api.js';
 import { loadConfig } from '../../src/config.js';
@@ -82,7 +81,9 @@ const validating: Middleware = {
 /** Starts the service on a free port over a fresh database. */
 export async function startTestApp(env: Record<string, string> = {}): Promise<TestApp> {
   const databaseUrl = await createTestDatabase();
-  const config = { ...loadConfig({ ...process.env, ...env }), databaseUrl, port: 0, host: '127.0.0.1', apiKeys: [TEST_API_KEY] };
+  // Rate limiting stays on (every answer goes through it and carries its headers) with a quota no
+  // test reaches unless it sets its own (rate-limit.test.ts).
+  const config = { ...loadConfig({ RATE_LIMIT_PER_MINUTE: '6000000', ...process.env, ...env }), databaseUrl, port: 0, host: '127.0.0.1', apiKeys: [TEST_API_KEY] };
   const service = await startService(config, pino({ level: process.env.TEST_LOG_LEVEL ?? 'silent' }));
   const client = createClient<paths>({ baseUrl: `${service.url}/api`, headers: { Authorization: `Bearer ${TEST_API_KEY}` } });
   client.use(validating);
