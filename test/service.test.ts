@@ -109,9 +109,12 @@ test('four migrators starting at once apply each migration exactly once', async 
   const name = `migrate_${process.pid}`;
   await ensureDatabase(process.env.TEST_PG_ADMIN_URL!, name);
   const url = `${process.env.TEST_PG_ADMIN_URL}/${name}`;
-  const first = openDatabase(url);
-  const second = openDatabase(url);
-  const others = [openDatabase(url), openDatabase(url)];
+  // Three of them wait for the one that migrates, as long as it takes on this machine: the statement
+  // timeout is only a hang guard here (the default 10 s was met by a loaded CI machine).
+  const open = () => openDatabase(url, { statementTimeoutMs: 100_000 });
+  const first = open();
+  const second = open();
+  const others = [open(), open()];
   try {
     const results = await Promise.all([first, second, ...others].map((d) => migrateToLatest(d.db)));
     const applied = results.flat().sort();
