@@ -105,8 +105,22 @@ db-seed: install
 db-reconcile: install
 	$(TSX) scripts/db.ts reconcile
 
-## make bench: seed a dedicated database (BENCH_SUBSCRIPTIONS, default 500000), load the service over
-## loopback with autocannon, print the table and write bench/results/<date>-<size>.json.
+## make bench: seed a dedicated database (BENCH_SUBSCRIPTIONS, default 500000), measure every ratio in
+## interleaved rounds (BENCH_ROUNDS, default 3; 1 is a quick mode, not a verdict) with wrk over
+## loopback, print the tables and write bench/results/<date>T<time>-<size>.json (docs/performance.md).
+## BENCH_BASELINE_REF=<git ref> adds an older commit's service; BENCH_VARIANT_WEB_CONCURRENCY and
+## BENCH_VARIANT_NODE_FLAGS a second setting of ours, measured against the first.
 BENCH_SUBSCRIPTIONS ?= 500000
-bench: install
-	BENCH_SUBSCRIPTIONS=$(BENCH_SUBSCRIPTIONS) $(TSX) scripts/bench.ts
+bench: install wrk
+	BENCH_SUBSCRIPTIONS=$(BENCH_SUBSCRIPTIONS) $(TSX) bench/main.ts
+
+# wrk (Debian's package, as root) is the bench's load generator: C, light on the two cores the
+# service and the database share. Where it cannot be installed the bench uses autocannon and says so.
+.PHONY: wrk
+wrk:
+	@if ! command -v wrk >/dev/null && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing wrk for make bench"; \
+	  { apt-get install -y --no-install-recommends wrk >/dev/null 2>&1 \
+	    || { apt-get update >/dev/null 2>&1 && apt-get install -y --no-install-recommends wrk >/dev/null 2>&1; }; } \
+	  || echo "could not install wrk: make bench falls back to autocannon (in-process, a heavier load generator)"; \
+	fi

@@ -1,0 +1,178 @@
+/**
+ * make bench: seeds a database of its own (BENCH_SUBSCRIPTIONS, default 500,000), starts our service
+ * as make run does, the floor server and, when asked, an older commit's service and a second
+ * setting of ours; measures every comparison of bench/scenarios.ts in interleaved rounds
+ * (BENCH_ROUNDS, default 3; 1 is a quick mode and never a verdict); prints the tables and ratio
+ * lines and writes bench/results/<date>T<time>-<size>.json. Stops everything it started.
+ */
+import { spawnSync } from 'node:child_process';
+import os from 'node:os';
+import path from 'node:path';
+import { projectRoot } from '../src/config.js';
+import { CursorCodec } from '../src/http/cursor.js';
+import { analyticsTriggerSwitch } from './analytics.js';
+import { prepareBaseline, type BaselineCheckout } from './baseline.js';
+import { appliedMigrations, copyForOlderCheckout, openBenchDatabase, seedBenchDatabase } from './database.js';
+import { daysAgo, explainListVariants } from './explain.js';
+import { num, previousAnalyticsP50, printComparison, printExplain, spreadLine, writeResults } from './report.js';
+import { runComparison, verdict, warmUpServers, type ComparisonResult } from './rounds.js';
+import { scenarios, type ScenarioContext } from './scenarios.js';
+import { processMemory, processName, processTree, requestHeaders, startFloor, startService, treeMemory, type Server } from './servers.js';
+import { isVerdictRun, loadSettings, NOT_A_VERDICT } from './settings.js';
+
+const log = (line: string) => console.log(line);
+const settings = loadSettings();
+const quick = !isVerdictRun(settings);
+const resultsDir = path.join(projectRoot, 'bench', 'results');
+const loadAverageAtStart = os.loadavg();
+const generatorVersion = settings.loadGenerator === 'wrk' ? (spawnSync('wrk', ['--version'], { encoding: 'utf8' }).stdout.split('\n')[0] ?? '').trim() : 'autocannon 9 (in the bench process)';
+log(`# load generator: ${generatorVersion}${settings.loadGenerator === 'autocannon' ? ' -- wrk not found: autocannon shares the bench process and the two cores' : ''}`);
+if (quick) log(`# BENCH_ROUNDS=${settings.rounds}: quick mode, ${NOT_A_VERDICT}`);
+
+const baseline: BaselineCheckout | undefined = settings.baselineRef ? prepareBaseline(settings.baselineRef, settings.baselineNodeFlags, log) : undefined;
+const bench = await openBenchDatabase(settings);
+const servers: Record<string, Server> = {};
+const stopAll = async () => {
+  for (const server of Object.values(servers)) await server.stop().catch(() => {});
+  await bench.stop().catch(() => {});
+};
+
+try {
+  const seed = await seedBenchDatabase(bench, settings, log);
+
+  // An older checkout that does not know some of our migrations gets a copy of the data (see copyForOlderCheckout).
+  let baselineDatabaseUrl = bench.url;
+  if (baseline) {
+    const unknown = (await appliedMigrations(bench)).filter((m) => !baseline.migrations.includes(m));
+    if (unknown.length) {
+      log(`# baseline ${baseline.commit.slice(0, 12)} does not know migrations ${unknown.join(', ')}: it runs on a copy of the seeded database`);
+      baselineDatabaseUrl = await copyForOlderCheckout(bench, baseline.migrations);
+    }
+  }
+  const database = bench.handle;
+
+  // The service's cursor key, read as the service reads it: cursors made here are ones it issues.
+  const secret = await database.db.selectFrom('service_secrets').select('value').where('name', '=', 'cursor_hmac_key').executeTakeFirstOrThrow();
+  const cursors = new CursorCodec(secret.value);
+  const maxId = Number((await database.pool.query('SELECT max(id) AS max FROM subscriptions')).rows[0].max ?? 0);
+  const deepCursor = cursors.encode('id', [Math.floor(maxId * 0.9)]);
+
+  log(`# EXPLAIN (ANALYZE, BUFFERS) of the subscription list variants: first page and a page 90% deep, median of ${settings.explainRuns} runs each`);
+  const explained = await explainListVariants(database, cursors, settings.explainRuns);
+  const triggers = await analyticsTriggerSwitch(database, log);
+
+  const context: ScenarioContext = {
+    settings,
+    database,
+    triggers,
+    users: settings.users,
+    subscriptions: maxId,
+    deepCursor,
+    sixMonthsAgo: daysAgo(182),
+    baseline: Boolean(baseline),
+    variant: Boolean(settings.variant),
+    record: { rebuilds: [], midFlight: [] },
+  };
+  const { services, comparisons } = scenarios(context);
+
+  log(`# the services run with STATEMENT_TIMEOUT_MS=${settings.statementTimeoutMs} (default 10000; the plain-SQL analytics takes ~13 s at 5M), PG_POOL_SIZE=${settings.poolSize}, RATE_LIMIT_PER_MINUTE=0 (one key sends every request) unless a scenario says otherwise`);
+  const common = { databaseUrl: bench.url, poolSize: settings.poolSize, statementTimeoutMs: settings.statementTimeoutMs };
+  const ours = await startService({ ...common, name: 'ours', cwd: projectRoot, ...settings.ours });
+  servers.ours = ours;
+  servers.floor = await startFloor(bench.url, settings.poolSize);
+  if (baseline) {
+    servers.baseline = await startService({ ...common, databaseUrl: baselineDatabaseUrl, name: 'baseline', cwd: baseline.dir, nodeFlags: baseline.nodeFlags, webConcurrency: undefined, commit: baseline.commit });
+  }
+  if (settings.variant) servers.variant = await startService({ ...common, name: 'variant', cwd: projectRoot, ...settings.variant });
+  for (const extra of services) servers[extra.name] = await startService({ ...common, name: extra.name, cwd: projectRoot, ...settings.ours, env: extra.env });
+  const idle = Object.fromEntries(Object.entries(servers).map(([name, s]) => [name, treeMemory(s.pid)]));
+  for (const [name, s] of Object.entries(servers)) {
+    log(`# ${name} ready on ${s.url}: ${idle[name]!.processes} process(es), RSS ${Math.round(idle[name]!.sumMb)} MB; ${JSON.stringify(s.description)}`);
+  }
+
+  await warmUpServers(comparisons, { settings, servers, log });
+  const results: ComparisonResult[] = [];
+  for (const comparison of comparisons) results.push(await runComparison(comparison, { settings, servers, log }));
+
+  // Analytics must still equal the plain answer after the writes of the load (let the last writes land).
+  await new Promise((r) => setTimeout(r, 2_000));
+  const fetchJson = async (p: string) => (await fetch(`${ours.url}${p}`, { headers: requestHeaders })).json() as Promise<Record<string, unknown>>;
+  const strip = ({ as_of: _a, ...rest }: Record<string, unknown>) => JSON.stringify(rest);
+  const analyticsExact = strip(await fetchJson('/api/analytics/')) === strip(await fetchJson('/api/analytics/?source=base_tables'));
+  // Lifetime peak (VmHWM) of every process of each server's tree, read before they stop.
+  const lifetimePeak = Object.fromEntries(
+    Object.entries(servers).map(([name, s]) => [name, processTree(s.pid).map((pid) => ({ pid, name: processName(pid), peakMb: Math.round(processMemory(pid)?.peakMb ?? 0) }))]),
+  );
+  await stopAll();
+
+  // ------------------------------------------------------------ report
+  for (const c of results) printComparison(c, settings.rounds, log);
+  printExplain(explained, settings.explainRuns, log);
+
+  const allRatios = results.flatMap((c) => c.ratios.map((r) => ({ comparison: c.name, ...r })));
+  const allLimits = results.flatMap((c) => c.limits.map((r) => ({ comparison: c.name, ...r })));
+  const runs = results.flatMap((c) => c.sides.flatMap((s) => s.rounds));
+  const errorsPerRun = runs.map((m) => m.errors);
+  const totalErrors = errorsPerRun.reduce((a, b) => a + b, 0);
+  const errorsVerdict = verdict(errorsPerRun, { op: '<=', value: 0 }, settings.rounds);
+  const { midFlight, rebuilds } = context.record;
+  const midFlightMismatches = midFlight.reduce((n, c) => n + c.mismatches.length, 0);
+  const midFlightErrors = midFlight.filter((c) => c.error).length;
+  const rebuildFailures = rebuilds.filter((r) => r.check.error || r.check.mismatches.length > 0).length;
+  const analyticsSide = results.flatMap((c) => c.sides).find((s) => s.name === 'analytics (maintained aggregates)');
+  const at500k = settings.size === 500_000 ? undefined : previousAnalyticsP50(resultsDir, 500_000);
+  const acrossRuns = at500k && analyticsSide ? { analytics_p50_this_size_over_500k: analyticsSide.summary.p50Ms.median / at500k.p50Ms, from: at500k.file, note: 'separate runs, not interleaved: no verdict' } : undefined;
+
+  log(`\nseed: ${seed.totalRows.toLocaleString('en-US')} rows in ${seed.seconds.toFixed(1)} s (${Math.round(seed.rowsPerSecond).toLocaleString('en-US')} rows/s), then VACUUM ANALYZE and no autovacuum running before the first run`);
+  log(`\nRATIOS (${settings.rounds} interleaved round${settings.rounds === 1 ? '' : 's'} each${quick ? `: ${NOT_A_VERDICT}` : ''}; load average ${loadAverageAtStart[0]!.toFixed(1)} at start, ${os.loadavg()[0]!.toFixed(1)} at end on ${os.cpus().length} shared cores)`);
+  for (const r of [...allRatios, ...allLimits]) log(`ratio ${spreadLine(r, settings.rounds)}`);
+  log(`errors: ${totalErrors} in ${runs.length} timed runs; target 0: ${errorsVerdict}`);
+  if (acrossRuns) log(`analytics p50 at ${settings.size} / at 500k (${acrossRuns.from}): ${num(acrossRuns.analytics_p50_this_size_over_500k)} (${acrossRuns.note})`);
+  for (const r of rebuilds) log(`analytics_rebuild() after triggers-disabled run ${r.round === 0 ? '(warm-up)' : `round ${r.round}`}: ${r.rebuildSeconds.toFixed(1)} s, mismatches ${r.check.error ?? r.check.mismatches.length}`);
+  for (const c of midFlight) {
+    log(`mid-flight check (${c.label}, ${c.startedAtMs}-${c.finishedAtMs} ms into the ${c.runSeconds} s run, ${c.subscriptionCount - c.rowsAtStartOfRun} rows inserted by then): ${c.error ?? `${c.mismatches.length} mismatches`}`);
+    for (const m of c.mismatches.slice(0, 10)) log(`  ${m}`);
+  }
+  log(`analytics mismatches mid-flight: ${midFlightMismatches} in ${midFlight.length} checks${midFlightErrors ? `, ${midFlightErrors} checks failed` : ''}`);
+  log(`analytics equals the plain answer after the load: ${analyticsExact}`);
+  for (const [name, peaks] of Object.entries(lifetimePeak)) {
+    log(`${name} RSS: ${Math.round(idle[name]!.sumMb)} MB when ready (${idle[name]!.processes} process(es)); lifetime peak per process ${peaks.map((p) => `${p.name} ${p.peakMb} MB`).join(', ')}`);
+  }
+
+  const file = writeResults(resultsDir, settings.size, quick, {
+    date: new Date().toISOString(),
+    verdict: quick ? `BENCH_ROUNDS=${settings.rounds}: ${NOT_A_VERDICT}` : `${settings.rounds} interleaved rounds`,
+    size: settings.size,
+    users: settings.users,
+    machine: {
+      cpus: os.cpus().length,
+      model: os.cpus()[0]?.model,
+      memoryGiB: Math.round(os.totalmem() / 2 ** 30),
+      node: process.version,
+      postgres: bench.postgresVersion,
+      loadAverageAtStart,
+      loadAverageAtEnd: os.loadavg(),
+      note: 'shared with other sessions running tests: every run records its load average',
+    },
+    settings,
+    loadGenerator: { name: settings.loadGenerator, version: generatorVersion, threads: settings.loadGenerator === 'wrk' ? settings.wrkThreads : null },
+    servers: Object.fromEntries(Object.entries(servers).map(([name, s]) => [name, { ...s.description, idle: idle[name], lifetimePeakPerProcess: lifetimePeak[name] }])),
+    baseline: baseline ? { ...baseline, databaseUrl: baselineDatabaseUrl === bench.url ? 'the same database' : 'a copy of the seeded database' } : null,
+    seed: { seconds: seed.seconds, rows: seed.totalRows, rowsPerSecond: seed.rowsPerSecond },
+    ratios: allRatios,
+    limits: allLimits,
+    errors: { total: totalErrors, timedRuns: runs.length, verdict: errorsVerdict },
+    acrossRuns: acrossRuns ?? null,
+    comparisons: results,
+    insertThroughput: { triggersDisabled: triggers.names, rebuilds },
+    analyticsExactAfterLoad: analyticsExact,
+    midFlight: { mismatches: midFlightMismatches, errors: midFlightErrors, checks: midFlight },
+    explain: explained,
+  });
+  log(`written: ${path.relative(projectRoot, file)}${quick ? ` (${NOT_A_VERDICT})` : ''}`);
+  const exact = analyticsExact && midFlightMismatches === 0 && midFlightErrors === 0 && rebuildFailures === 0;
+  process.exit(exact ? 0 : 1);
+} catch (err) {
+  await stopAll();
+  throw err;
+}

@@ -1,0 +1,185 @@
+/**
+ * What `make bench` measures: comparisons of sides in interleaved rounds, and the ratios between
+ * them. A new scenario is a side (a server and its requests) and, when it divides something, a
+ * ratio, pushed onto the list below, e.g.:
+ *
+ *   list.push(compare('/metrics', [oursOneRow, ours('GET /metrics', [get(t`/metrics`)])],
+ *     [ratio('/metrics p50 / one-row p50', 'GET /metrics', oursOneRow.name, 'p50Ms')]));
+ *
+ * A side may name a service of its own, declared in `services` with the settings that differ from
+ * ours (as the rate limiter's below); metrics are req/s, p50, p99, bytes per response and RSS.
+ */
+import type { DatabaseHandle } from '../src/db/database.js';
+import { checkAnalytics, type AnalyticsCheck, type AnalyticsTriggers } from './analytics.js';
+import { get, int, pick, post, t, type BenchRequest } from './requests.js';
+import type { Comparison, LimitSpec, Metric, RatioSpec, Side, Target } from './rounds.js';
+import type { BenchSettings } from './settings.js';
+
+/** Another instance of our service for some sides: its name and the environment that differs. */
+export interface ExtraService {
+  name: string;
+  env: Record<string, string>;
+}
+
+export interface ScenarioContext {
+  settings: BenchSettings;
+  database: DatabaseHandle;
+  triggers: AnalyticsTriggers;
+  /** Ids of the seeded rows run 1..users and 1..subscriptions. */
+  users: number;
+  subscriptions: number;
+  deepCursor: string;
+  sixMonthsAgo: string;
+  baseline: boolean;
+  variant: boolean;
+  /** Filled while the scenarios run, for the report. */
+  record: {
+    rebuilds: Array<{ round: number; rebuildSeconds: number; check: AnalyticsCheck }>;
+    midFlight: Array<AnalyticsCheck & { round: number; rowsAtStartOfRun: number; runSeconds: number }>;
+  };
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+export const side = (name: string, server: string, requests: BenchRequest[], extra: Partial<Side> = {}): Side => ({ name, server, requests, ...extra });
+export const ratio = (name: string, numerator: string, denominator: string, metric: Metric, target?: Target): RatioSpec => ({
+  name,
+  numerator,
+  denominator,
+  metric,
+  ...(target ? { target } : {}),
+});
+export const compare = (name: string, sides: Side[], ratios: RatioSpec[] = [], limits: LimitSpec[] = []): Comparison => ({ name, sides, ratios, limits });
+const atLeast = (value: number): Target => ({ op: '>=', value });
+const atMost = (value: number): Target => ({ op: '<=', value });
+const under = (value: number): Target => ({ op: '<', value });
+const rssUnder200 = (s: Side): LimitSpec => ({ name: `${s.name}: RSS of the largest process (MB)`, side: s.name, metric: 'rssMaxPerProcessMb', target: under(200) });
+
+export function scenarios(ctx: ScenarioContext): { services: ExtraService[]; comparisons: Comparison[] } {
+  const { settings } = ctx;
+  const statuses = ['active', 'trialing', 'past_due', 'paused', 'canceled', 'expired'];
+  const today = new Date().toISOString().slice(0, 10);
+  const newSubscription = post(t`/api/subscriptions`, t`{"user_id":${int(ctx.users)},"status":"${pick(statuses)}","plan_cost":"${int(200)}.99","start_date":"${today}"}`);
+  const oneRow = get(t`/api/subscriptions/${int(ctx.subscriptions)}`);
+  const oneUser = get(t`/api/users/${int(ctx.users)}`);
+  const analytics = get(t`/api/analytics/`);
+  const firstPage = get(t`/api/subscriptions?limit=50`);
+  const deepPage = get(t`/api/subscriptions?limit=50&cursor=${ctx.deepCursor}`);
+  const userList = get(t`/api/subscriptions?user_id=${int(ctx.users)}`);
+
+  const ours = (name: string, requests: BenchRequest[], extra?: Partial<Side>) => side(name, 'ours', requests, extra);
+  const oursOneRow = ours('one-row GET /api/subscriptions/{id}', [oneRow]);
+  const mixed = [oneUser, analytics, newSubscription, firstPage, userList];
+
+  const list: Comparison[] = [
+    compare('floor', [oursOneRow, side('floor: node:http + pg, same GET', 'floor', [oneRow])], [
+      ratio('one-row GET req/s, ours / floor', oursOneRow.name, 'floor: node:http + pg, same GET', 'requestsPerSecond', atLeast(0.6)),
+    ]),
+    compare('analytics', [ours('analytics (maintained aggregates)', [analytics]), oursOneRow, ours('one-row GET /api/users/{id}', [oneUser])], [
+      ratio('analytics p50 / one-row p50', 'analytics (maintained aggregates)', oursOneRow.name, 'p50Ms', atMost(1)),
+    ]),
+    compare(
+      'pages',
+      [
+        ours('first page GET /api/subscriptions?limit=50', [firstPage]),
+        ours('deep page (90% into the table, by cursor)', [deepPage]),
+        ours(`filtered: status=active & start_date_from=${ctx.sixMonthsAgo}`, [get(t`/api/subscriptions?limit=50&status=active&start_date_from=${ctx.sixMonthsAgo}`)]),
+      ],
+      [ratio('deep page p50 / first page p50', 'deep page (90% into the table, by cursor)', 'first page GET /api/subscriptions?limit=50', 'p50Ms', atMost(1.5))],
+    ),
+    // The plain way costs hundreds of ms per call: compared at 2 connections, beside the maintained one at 2.
+    compare(
+      'analytics, plain SQL',
+      [
+        ours('analytics (maintained aggregates), 2 conns', [analytics], { connections: 2 }),
+        ours('analytics (plain SQL over base tables), 2 conns', [get(t`/api/analytics/?source=base_tables`)], { connections: 2, amount: 10 }),
+      ],
+      [ratio('plain-SQL analytics p50 / maintained p50 (2 conns)', 'analytics (plain SQL over base tables), 2 conns', 'analytics (maintained aggregates), 2 conns', 'p50Ms')],
+    ),
+    compare(
+      'inserts',
+      [
+        ours('POST /api/subscriptions (aggregates maintained)', [newSubscription]),
+        // What the aggregates cost a single-row insert: the same load with the analytics triggers off.
+        ours('POST /api/subscriptions (analytics triggers disabled)', [newSubscription], {
+          before: () => ctx.triggers.disable(),
+          after: async () => {
+            await sleep(2_000); // the load generator does not wait for its last requests: let those land unmaintained
+            const rebuilt = await ctx.triggers.enableAndRebuild();
+            ctx.record.rebuilds.push({ round: ctx.record.rebuilds.length, ...rebuilt });
+          },
+        }),
+      ],
+      [ratio('insert req/s, aggregates maintained / triggers disabled', 'POST /api/subscriptions (aggregates maintained)', 'POST /api/subscriptions (analytics triggers disabled)', 'requestsPerSecond', atLeast(0.7))],
+    ),
+  ];
+
+  // What the rate limiter costs a request: the same GET with a limit no run reaches (one upsert per request).
+  const services: ExtraService[] = [{ name: 'rate-limited', env: { RATE_LIMIT_PER_MINUTE: '1000000000' } }];
+  const limited = side('one-row GET, rate limiter on', 'rate-limited', [oneRow]);
+  list.push(
+    compare('rate limiter', [oursOneRow, limited], [
+      ratio('one-row GET req/s, rate limiter on / off', limited.name, oursOneRow.name, 'requestsPerSecond'),
+      ratio('one-row GET p50, rate limiter on / off', limited.name, oursOneRow.name, 'p50Ms'),
+    ]),
+  );
+
+  const oursMixed = ours(`mixed 80% reads / 20% writes, ${settings.mixedConnections} conns`, mixed, {
+    connections: settings.mixedConnections,
+    // Analytics checked against the base tables while the writes go on, spread over the run.
+    during: async (since, round) => {
+      const rowsAtStartOfRun = Number((await ctx.database.pool.query('SELECT count(*) AS n FROM subscriptions')).rows[0].n);
+      const n = settings.midFlightChecks;
+      const checks = Array.from({ length: n }, async (_, i) => {
+        await sleep(Math.max(0, since + ((i + 1) * settings.seconds * 1000) / (n + 1) - performance.now()));
+        return checkAnalytics(ctx.database, `round ${round}, mid-flight ${i + 1}`, since);
+      });
+      for (const c of await Promise.all(checks)) ctx.record.midFlight.push({ ...c, round, rowsAtStartOfRun, runSeconds: settings.seconds });
+    },
+  });
+  list.push(compare('mixed', [oursMixed], [], [rssUnder200(oursMixed)]));
+
+  if (ctx.baseline) {
+    // Ours against the older commit's service on the same data, pair by pair.
+    const pairs: Array<[string, BenchRequest[], Target | undefined]> = [
+      ['one-row GET /api/subscriptions/{id}', [oneRow], atLeast(4)],
+      ['first page GET /api/subscriptions?limit=50', [firstPage], undefined],
+      ['analytics (maintained aggregates)', [analytics], undefined],
+      ['POST /api/subscriptions', [newSubscription], undefined],
+    ];
+    for (const [name, requests, target] of pairs) {
+      list.push(
+        compare(`baseline: ${name}`, [ours(`ours: ${name}`, requests), side(`baseline: ${name}`, 'baseline', requests)], [
+          ratio(`${name} req/s, ours / baseline`, `ours: ${name}`, `baseline: ${name}`, 'requestsPerSecond', target),
+        ]),
+      );
+    }
+  }
+
+  if (ctx.variant) {
+    // Two settings of our service (workers, V8 flags), request by request and in the 64-connection mix.
+    const pairs: Array<[string, BenchRequest[], number | undefined]> = [
+      ['one-row GET /api/subscriptions/{id}', [oneRow], undefined],
+      ['first page GET /api/subscriptions?limit=50', [firstPage], undefined],
+      ['POST /api/subscriptions', [newSubscription], undefined],
+      [`mixed, ${settings.mixedConnections} conns`, mixed, settings.mixedConnections],
+    ];
+    for (const [name, requests, connections] of pairs) {
+      const extra = connections ? { connections } : {};
+      const a = ours(`ours: ${name}`, requests, extra);
+      const b = side(`variant: ${name}`, 'variant', requests, extra);
+      list.push(
+        compare(
+          `variant: ${name}`,
+          [a, b],
+          [
+            ratio(`${name} req/s, variant / ours`, b.name, a.name, 'requestsPerSecond'),
+            ...(connections ? [ratio(`${name} RSS sum over the processes, variant / ours`, b.name, a.name, 'rssSumMb')] : []),
+          ],
+          connections ? [rssUnder200(a), rssUnder200(b)] : [],
+        ),
+      );
+    }
+  }
+  return { services, comparisons: list };
+}
