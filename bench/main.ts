@@ -73,7 +73,10 @@ try {
     variant: Boolean(settings.variant),
     record: { rebuilds: [], midFlight: [] },
   };
-  const { services, comparisons } = scenarios(context);
+  const planned = scenarios(context);
+  const comparisons = planned.comparisons.filter((c) => !settings.only || settings.only.test(c.name));
+  const services = planned.services.filter((s) => comparisons.some((c) => c.sides.some((side) => side.server === s.name)));
+  if (settings.only) log(`# BENCH_ONLY=${settings.only.source}: ${comparisons.map((c) => c.name).join(', ') || 'no comparison'}`);
 
   log(`# the services run with STATEMENT_TIMEOUT_MS=${settings.statementTimeoutMs} (default 10000; the plain-SQL analytics takes ~13 s at 5M), PG_POOL_SIZE=${settings.poolSize}, RATE_LIMIT_PER_MINUTE=0 (one key sends every request) unless a scenario says otherwise`);
   const common = { databaseUrl: bench.url, poolSize: settings.poolSize, statementTimeoutMs: settings.statementTimeoutMs };

@@ -34,6 +34,8 @@ export interface BenchSettings {
   /** A git ref whose service is measured beside ours (BENCH_BASELINE_REF), when asked for. */
   baselineRef: string | undefined;
   baselineNodeFlags: string | undefined;
+  /** Only the comparisons whose name matches (BENCH_ONLY, a regular expression), for development. */
+  only: RegExp | undefined;
 }
 
 const split = (flags: string) => flags.split(/\s+/).filter(Boolean);
@@ -87,6 +89,7 @@ export function loadSettings(env: NodeJS.ProcessEnv = process.env): BenchSetting
       : undefined,
     baselineRef: env.BENCH_BASELINE_REF || undefined,
     baselineNodeFlags: env.BENCH_BASELINE_NODE_FLAGS,
+    only: env.BENCH_ONLY ? new RegExp(env.BENCH_ONLY, 'i') : undefined,
   };
 }
 
