@@ -209,6 +209,13 @@ FROM (
   OFFSET 0
 ) AS picked;
 
+-- phase: history
+-- The history these rows imply (migration 0006, history_record_implied()): users and features
+-- `created` at their created_at, each subscription `created` at its start_date (00:00 UTC) and,
+-- when canceled or expired, `updated` at its end_date. One INSERT ... SELECT in this transaction,
+-- numbered in occurred_at order, so the feed (ordered by transaction, then id) replays it in time order.
+SELECT history_record_implied() AS events;
+
 -- phase: cleanup
 DROP FUNCTION pg_temp.seed_user_signup_second(bigint, bigint, integer, bigint);
 DROP FUNCTION pg_temp.seed_random(bigint, bigint, integer);

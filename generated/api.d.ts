@@ -307,6 +307,68 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/events": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Follow the history of changes
+         * @description Every committed change to a user, subscription, feature or feature link, as an event
+         *     (recorded by the database in the same transaction as the change, whoever made it: this API,
+         *     SQL, a cascade, a bulk statement), oldest first, keyset-paginated.
+         *
+         *     **Exactly once.** A reader that follows `next_cursor` sees every committed event exactly once,
+         *     in a stable order, even while writers commit out of id order. The list's order is the
+         *     writing transaction's id, then the event's `id`; a page only shows events of transactions
+         *     older than every transaction still running, so no event can later appear before a page
+         *     already served. An event therefore reaches this list as soon as every transaction that
+         *     started writing before its own has ended: usually at once, later while some long
+         *     transaction is still open. (`GET /events/{id}` shows an event as soon as it is committed.)
+         *
+         *     **Polling.** `next_cursor` is never `null` here: on the last page it is where to poll for
+         *     newer events; an empty page answers the same cursor again. With filters, a page that is not
+         *     full may answer a cursor past events that did not match, so that polling never scans them
+         *     again. A cursor continues only the list (the same filters) it came from.
+         *
+         *     The order is the order of commits as far as anyone can observe it, not of `occurred_at`:
+         *     the seeded history, for example, is one transaction whose events carry dates in the past.
+         *     Retention: events are kept forever; the history is append-only.
+         */
+        get: operations["listEvents"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/events/{id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The object's id. */
+                id: components["parameters"]["Id"];
+            };
+            cookie?: never;
+        };
+        /**
+         * Get an event
+         * @description One event, as the list and webhook deliveries show it. Events never change.
+         */
+        get: operations["getEvent"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
 }
 export type webhooks = Record<string, never>;
 export interface components {
@@ -898,6 +960,321 @@ export interface components {
             mrr: components["schemas"]["Money"];
             /** @description Annual recurring revenue over `active` subscriptions, monthly plans times 12 plus yearly plans. */
             arr: components["schemas"]["Money"];
+        };
+        /**
+         * @description The kind of object an event is about: the part of its `type` before the dot.
+         * @enum {string}
+         */
+        EventObjectType: "user" | "subscription" | "feature" | "subscription_feature";
+        /**
+         * @description The id of the object an event is about, as a string: `"42"` for a user, subscription or feature; `"<subscription_id>:<feature_id>"` (e.g. `"1017:3"`) for a feature link.
+         * @example 1017
+         */
+        EventObjectId: string;
+        /**
+         * @description A change to one object, recorded in the same transaction as the change. `data.object` is the
+         *     object exactly as the API shows it after the change (before it, for a deletion);
+         *     `data.previous_attributes` holds the old values of the fields whose shown value changed
+         *     (updates only, else `{}`). An update that changes nothing the API shows except `updated_at`
+         *     (a PATCH of the values already there) records no event. Renaming a feature is one
+         *     `feature.updated`; its links' events show the name as it was when they were recorded.
+         *     Deleting a user records, in this order, the user's deletion, then its subscriptions' and
+         *     their links' (the cascade). A row whose key only SQL changed is recorded as deleted and
+         *     created again. `type` tells which schema applies.
+         * @example {
+         *       "id": 90211,
+         *       "type": "subscription.updated",
+         *       "occurred_at": "2026-06-30T08:12:45.120Z",
+         *       "object_type": "subscription",
+         *       "object_id": "1017",
+         *       "data": {
+         *         "object": {
+         *           "id": 1017,
+         *           "user_id": 42,
+         *           "status": "canceled",
+         *           "plan_name": "Pro",
+         *           "plan_cost": "19.99",
+         *           "billing_period": "month",
+         *           "start_date": "2026-01-15",
+         *           "end_date": "2026-06-30",
+         *           "created_at": "2026-01-15T09:30:00.000Z",
+         *           "updated_at": "2026-06-30T08:12:45.120Z"
+         *         },
+         *         "previous_attributes": {
+         *           "status": "active",
+         *           "end_date": null,
+         *           "updated_at": "2026-01-15T09:30:00.000Z"
+         *         }
+         *       }
+         *     }
+         */
+        Event: components["schemas"]["UserEvent"] | components["schemas"]["SubscriptionEvent"] | components["schemas"]["FeatureEvent"] | components["schemas"]["SubscriptionFeatureEvent"];
+        /** @description The event's id, unique and never reused; also the `webhook-id` of its deliveries. */
+        EventId: components["schemas"]["Id"];
+        /** @description When the change happened (the start of its transaction, as the object's `updated_at`). Seeded history carries the dates the dataset implies. */
+        EventOccurredAt: components["schemas"]["Timestamp"];
+        /**
+         * @description A user was created, updated or deleted.
+         * @example {
+         *       "id": 90007,
+         *       "type": "user.updated",
+         *       "occurred_at": "2026-03-02T10:00:00.000Z",
+         *       "object_type": "user",
+         *       "object_id": "42",
+         *       "data": {
+         *         "object": {
+         *           "id": 42,
+         *           "name": "Ada King",
+         *           "email": "ada@example.com",
+         *           "created_at": "2026-01-15T09:30:00.000Z",
+         *           "updated_at": "2026-03-02T10:00:00.000Z"
+         *         },
+         *         "previous_attributes": {
+         *           "name": "Ada Lovelace",
+         *           "updated_at": "2026-01-15T09:30:00.000Z"
+         *         }
+         *       }
+         *     }
+         */
+        UserEvent: {
+            id: components["schemas"]["EventId"];
+            /**
+             * @description What happened to the user. (enum property replaced by openapi-typescript)
+             * @enum {string}
+             */
+            type: "user.created" | "user.updated" | "user.deleted";
+            occurred_at: components["schemas"]["EventOccurredAt"];
+            /**
+             * @description Always `user`.
+             * @enum {string}
+             */
+            object_type: "user";
+            object_id: components["schemas"]["EventObjectId"];
+            /** @description The user and what changed. */
+            data: {
+                /** @description The user after the change (before it, for `user.deleted`). */
+                object: components["schemas"]["User"];
+                previous_attributes: components["schemas"]["UserPreviousAttributes"];
+            };
+        };
+        /** @description For `user.updated`, the old value of each field whose value changed; `{}` otherwise. */
+        UserPreviousAttributes: {
+            id?: components["schemas"]["Id"];
+            /** @description The name before the change. */
+            name?: string;
+            /** @description The email before the change. */
+            email?: string;
+            created_at?: components["schemas"]["Timestamp"];
+            updated_at?: components["schemas"]["Timestamp"];
+        };
+        /**
+         * @description A subscription was created, updated or deleted.
+         * @example {
+         *       "id": 90003,
+         *       "type": "subscription.created",
+         *       "occurred_at": "2026-01-15T09:30:00.000Z",
+         *       "object_type": "subscription",
+         *       "object_id": "1017",
+         *       "data": {
+         *         "object": {
+         *           "id": 1017,
+         *           "user_id": 42,
+         *           "status": "active",
+         *           "plan_name": "Pro",
+         *           "plan_cost": "19.99",
+         *           "billing_period": "month",
+         *           "start_date": "2026-01-15",
+         *           "end_date": null,
+         *           "created_at": "2026-01-15T09:30:00.000Z",
+         *           "updated_at": "2026-01-15T09:30:00.000Z"
+         *         },
+         *         "previous_attributes": {}
+         *       }
+         *     }
+         */
+        SubscriptionEvent: {
+            id: components["schemas"]["EventId"];
+            /**
+             * @description What happened to the subscription. (enum property replaced by openapi-typescript)
+             * @enum {string}
+             */
+            type: "subscription.created" | "subscription.updated" | "subscription.deleted";
+            occurred_at: components["schemas"]["EventOccurredAt"];
+            /**
+             * @description Always `subscription`.
+             * @enum {string}
+             */
+            object_type: "subscription";
+            object_id: components["schemas"]["EventObjectId"];
+            /** @description The subscription and what changed. */
+            data: {
+                /** @description The subscription after the change (before it, for `subscription.deleted`). */
+                object: components["schemas"]["Subscription"];
+                previous_attributes: components["schemas"]["SubscriptionPreviousAttributes"];
+            };
+        };
+        /** @description For `subscription.updated`, the old value of each field whose value changed; `{}` otherwise. */
+        SubscriptionPreviousAttributes: {
+            id?: components["schemas"]["Id"];
+            user_id?: components["schemas"]["Id"];
+            status?: components["schemas"]["SubscriptionStatus"];
+            /** @description The plan's name before the change. */
+            plan_name?: string | null;
+            plan_cost?: components["schemas"]["Money"];
+            billing_period?: components["schemas"]["BillingPeriod"];
+            /**
+             * Format: date
+             * @description The first day before the change.
+             */
+            start_date?: string;
+            /**
+             * Format: date
+             * @description The last day before the change.
+             */
+            end_date?: string | null;
+            created_at?: components["schemas"]["Timestamp"];
+            updated_at?: components["schemas"]["Timestamp"];
+        };
+        /**
+         * @description A feature was created, updated or deleted.
+         * @example {
+         *       "id": 90002,
+         *       "type": "feature.deleted",
+         *       "occurred_at": "2026-04-01T12:00:00.000Z",
+         *       "object_type": "feature",
+         *       "object_id": "3",
+         *       "data": {
+         *         "object": {
+         *           "id": 3,
+         *           "name": "SMS Notifications",
+         *           "description": null,
+         *           "created_at": "2026-01-15T09:30:00.000Z",
+         *           "updated_at": "2026-01-15T09:30:00.000Z"
+         *         },
+         *         "previous_attributes": {}
+         *       }
+         *     }
+         */
+        FeatureEvent: {
+            id: components["schemas"]["EventId"];
+            /**
+             * @description What happened to the feature. (enum property replaced by openapi-typescript)
+             * @enum {string}
+             */
+            type: "feature.created" | "feature.updated" | "feature.deleted";
+            occurred_at: components["schemas"]["EventOccurredAt"];
+            /**
+             * @description Always `feature`.
+             * @enum {string}
+             */
+            object_type: "feature";
+            object_id: components["schemas"]["EventObjectId"];
+            /** @description The feature and what changed. */
+            data: {
+                /** @description The feature after the change (before it, for `feature.deleted`). */
+                object: components["schemas"]["Feature"];
+                previous_attributes: components["schemas"]["FeaturePreviousAttributes"];
+            };
+        };
+        /** @description For `feature.updated`, the old value of each field whose value changed; `{}` otherwise. */
+        FeaturePreviousAttributes: {
+            id?: components["schemas"]["Id"];
+            /** @description The name before the change. */
+            name?: string;
+            /** @description The description before the change. */
+            description?: string | null;
+            created_at?: components["schemas"]["Timestamp"];
+            updated_at?: components["schemas"]["Timestamp"];
+        };
+        /**
+         * @description A feature was attached to a subscription, its link changed (usage limit), or it was detached.
+         * @example {
+         *       "id": 90010,
+         *       "type": "subscription_feature.updated",
+         *       "occurred_at": "2026-02-03T16:05:12.000Z",
+         *       "object_type": "subscription_feature",
+         *       "object_id": "1017:3",
+         *       "data": {
+         *         "object": {
+         *           "subscription_id": 1017,
+         *           "feature_id": 3,
+         *           "feature_name": "SMS Notifications",
+         *           "usage_limit": 500,
+         *           "added_at": "2026-01-15T09:30:00.000Z",
+         *           "updated_at": "2026-02-03T16:05:12.000Z"
+         *         },
+         *         "previous_attributes": {
+         *           "usage_limit": 100,
+         *           "updated_at": "2026-01-15T09:30:00.000Z"
+         *         }
+         *       }
+         *     }
+         */
+        SubscriptionFeatureEvent: {
+            id: components["schemas"]["EventId"];
+            /**
+             * @description What happened to the link. (enum property replaced by openapi-typescript)
+             * @enum {string}
+             */
+            type: "subscription_feature.attached" | "subscription_feature.updated" | "subscription_feature.detached";
+            occurred_at: components["schemas"]["EventOccurredAt"];
+            /**
+             * @description Always `subscription_feature`.
+             * @enum {string}
+             */
+            object_type: "subscription_feature";
+            object_id: components["schemas"]["EventObjectId"];
+            /** @description The link and what changed. */
+            data: {
+                /** @description The link after the change (before it, for `subscription_feature.detached`), with the feature's name at that time. */
+                object: components["schemas"]["SubscriptionFeature"];
+                previous_attributes: components["schemas"]["SubscriptionFeaturePreviousAttributes"];
+            };
+        };
+        /** @description For `subscription_feature.updated`, the old value of each field whose value changed; `{}` otherwise. */
+        SubscriptionFeaturePreviousAttributes: {
+            subscription_id?: components["schemas"]["Id"];
+            feature_id?: components["schemas"]["Id"];
+            /** @description The feature's name before the change. */
+            feature_name?: string;
+            usage_limit?: components["schemas"]["UsageLimit"];
+            added_at?: components["schemas"]["Timestamp"];
+            updated_at?: components["schemas"]["Timestamp"];
+        };
+        /**
+         * @example {
+         *       "data": [
+         *         {
+         *           "id": 90003,
+         *           "type": "subscription.created",
+         *           "occurred_at": "2026-01-15T09:30:00.000Z",
+         *           "object_type": "subscription",
+         *           "object_id": "1017",
+         *           "data": {
+         *             "object": {
+         *               "id": 1017,
+         *               "user_id": 42,
+         *               "status": "active",
+         *               "plan_name": "Pro",
+         *               "plan_cost": "19.99",
+         *               "billing_period": "month",
+         *               "start_date": "2026-01-15",
+         *               "end_date": null,
+         *               "created_at": "2026-01-15T09:30:00.000Z",
+         *               "updated_at": "2026-01-15T09:30:00.000Z"
+         *             },
+         *             "previous_attributes": {}
+         *           }
+         *         }
+         *       ],
+         *       "next_cursor": "WyJldmVudHMiLCI3OTQiLDkwMDAzXQ.Yq2Fh0bXw9PZ1lY8aQ7cWA"
+         *     }
+         */
+        EventList: {
+            /** @description The events of this page, oldest first (in the order of their transactions, then of their ids). */
+            data: components["schemas"]["Event"][];
+            /** @description Where the next page starts; never `null` on this list. On the last page, where to poll for newer events. */
+            next_cursor: string;
         };
     };
     responses: {
@@ -2018,6 +2395,81 @@ export interface operations {
             };
             400: components["responses"]["BadRequest"];
             401: components["responses"]["Unauthorized"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    listEvents: {
+        parameters: {
+            query?: {
+                /** @description Page size, 1 to 500 (default 50). More than 500 is a `400`, not a silent clamp. */
+                limit?: components["parameters"]["Limit"];
+                /** @description The `next_cursor` of the previous page. Opaque and signed; a tampered one is a `400`. */
+                cursor?: components["parameters"]["Cursor"];
+                /**
+                 * @description Only events of these types; repeat the parameter for several (`type=user.created&type=user.deleted`).
+                 *     `user.*`, `subscription.*`, `feature.*` and `subscription_feature.*` stand for every type of
+                 *     that object (`subscription.*` does not include `subscription_feature.*`).
+                 */
+                type?: ("user.*" | "user.created" | "user.updated" | "user.deleted" | "subscription.*" | "subscription.created" | "subscription.updated" | "subscription.deleted" | "feature.*" | "feature.created" | "feature.updated" | "feature.deleted" | "subscription_feature.*" | "subscription_feature.attached" | "subscription_feature.updated" | "subscription_feature.detached")[];
+                /** @description Only events about objects of this type. */
+                object_type?: components["schemas"]["EventObjectType"];
+                /** @description Only events about the object with this `object_id` (`"42"`, or `"1017:3"` for a link); add `object_type` to tell a user 42 from a subscription 42. */
+                object_id?: components["schemas"]["EventObjectId"];
+                /** @description Only events about this user, their subscriptions and those subscriptions' feature links (a subscription moved to another user is listed under its new user from then on). */
+                user_id?: components["schemas"]["Id"];
+                /** @description Only events that occurred at or after this instant (RFC 3339). */
+                occurred_from?: string;
+                /** @description Only events that occurred at or before this instant (RFC 3339). */
+                occurred_to?: string;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description A page of events, oldest first. */
+            200: {
+                headers: {
+                    Link: components["headers"]["Link"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["EventList"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    getEvent: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The object's id. */
+                id: components["parameters"]["Id"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The event. */
+            200: {
+                headers: {
+                    ETag: components["headers"]["ETag"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Event"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            404: components["responses"]["NotFound"];
             429: components["responses"]["TooManyRequests"];
             503: components["responses"]["ServiceUnavailable"];
         };

@@ -84,6 +84,32 @@ export interface AnalyticsUserTotalsTable {
   plan_cost_sum: Numeric;
 }
 
+/** What happened to an object (db/migrations/0006_history.sql). */
+export type EventType =
+  | 'user.created' | 'user.updated' | 'user.deleted'
+  | 'subscription.created' | 'subscription.updated' | 'subscription.deleted'
+  | 'feature.created' | 'feature.updated' | 'feature.deleted'
+  | 'subscription_feature.attached' | 'subscription_feature.updated' | 'subscription_feature.detached';
+export type EventObjectType = 'user' | 'subscription' | 'feature' | 'subscription_feature';
+
+/** The history, written only by triggers (so nothing here is insertable or updatable). */
+export interface EventsTable {
+  id: ColumnType<number, never, never>;
+  /** The writing transaction's id (xid8) as a decimal string: with id, the feed's order. */
+  xid: ColumnType<string, never, never>;
+  type: ColumnType<EventType, never, never>;
+  occurred_at: Timestamp;
+  object_type: ColumnType<EventObjectType, never, never>;
+  /** "42", or "<subscription_id>:<feature_id>" for a link. */
+  object_id: ColumnType<string, never, never>;
+  /** Whose the object is (for the user_id filter); null for features. */
+  user_id: ColumnType<number | null, never, never>;
+  /** The object as the API shows it after the change (before it, for a deletion). */
+  object: ColumnType<Record<string, unknown>, never, never>;
+  /** The old values of the fields whose shown value changed (updates only, else {}). */
+  previous_attributes: ColumnType<Record<string, unknown>, never, never>;
+}
+
 export interface Database {
   analytics_status_totals: AnalyticsStatusTotalsTable;
   analytics_month_revenue: AnalyticsMonthRevenueTable;
@@ -94,4 +120,5 @@ export interface Database {
   subscription_features: SubscriptionFeaturesTable;
   service_secrets: ServiceSecretsTable;
   idempotency_keys: IdempotencyKeysTable;
+  events: EventsTable;
 }

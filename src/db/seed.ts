@@ -144,6 +144,8 @@ export async function seedDatabase(pool: pg.Pool, parameters: SeedParameters, op
   const client = await pool.connect();
   const rows = { users: 0, features: 0, subscriptions: 0, subscription_features: 0 } satisfies Record<SeededTable, number>;
   let step = performance.now();
+  /** Whether migration 0006 is there: then the seed also writes the history its rows imply. */
+  let recordsHistory = false;
   const done = (what: string) => {
     log(`seed: ${what} in ${seconds(step).toFixed(2)} s`);
     step = performance.now();
@@ -179,9 +181,16 @@ export async function seedDatabase(pool: pg.Pool, parameters: SeedParameters, op
     const { rows: [analytics] } = await client.query<{ present: boolean }>(`SELECT to_regprocedure('analytics_rebuild()') IS NOT NULL AS present`);
     const analyticsTables = analytics?.present ? ANALYTICS_TABLES : [];
     const { rows: analyticsKeys } = await client.query<SetAside>(SET_ASIDE, [analyticsTables]);
+    // The history (migration 0006) is replaced by the history the generated rows imply, written
+    // into the emptied events table before its keys are rebuilt (as for the aggregates).
+    const { rows: [history] } = await client.query<{ present: boolean }>(`SELECT to_regprocedure('history_record_implied()') IS NOT NULL AS present`);
+    recordsHistory = history?.present === true;
+    const { rows: historyKeys } = await client.query<SetAside>(SET_ASIDE, [recordsHistory ? ['events'] : []]);
     // Foreign keys first: they depend on the keys they reference.
-    for (const s of [...ofKind('trigger', 'foreign key'), ...ofKind('key', 'index'), ...analyticsKeys]) await client.query(s.drop_sql);
+    for (const s of [...ofKind('trigger', 'foreign key'), ...ofKind('key', 'index'), ...analyticsKeys, ...historyKeys]) await client.query(s.drop_sql);
     await client.query(`TRUNCATE ${[...SEEDED_TABLES, ...analyticsTables].join(', ')} RESTART IDENTITY`);
+    // Event ids go on from where they were: an id, once given to an event, is never reused.
+    if (recordsHistory) await client.query('TRUNCATE events');
     done(
       `set aside ${ofKind('key', 'index').length + analyticsKeys.length} keys and indexes, ${ofKind('foreign key').length} foreign keys, ` +
         `${ofKind('trigger').length} triggers; truncated`,
@@ -192,6 +201,10 @@ export async function seedDatabase(pool: pg.Pool, parameters: SeedParameters, op
       const result = await client.query(phases.get(table)!);
       rows[table] = result.rowCount ?? 0;
       done(`${table}: ${fmt(rows[table])} rows`);
+    }
+    if (recordsHistory) {
+      const { rows: [written] } = await client.query<{ events: string }>(phases.get('history')!);
+      done(`history: ${fmt(Number(written?.events ?? 0))} events`);
     }
     await client.query(phases.get('cleanup')!);
 
@@ -210,6 +223,10 @@ export async function seedDatabase(pool: pg.Pool, parameters: SeedParameters, op
       for (const s of analyticsKeys) await client.query(s.restore_sql);
       done(`analytics_rebuild() and ${analyticsKeys.length} keys and indexes`);
     }
+    if (historyKeys.length) {
+      for (const s of historyKeys) await client.query(s.restore_sql);
+      done(`history: ${historyKeys.filter((s) => s.kind !== 'trigger').length} keys and indexes`);
+    }
     for (const s of ofKind('foreign key')) await client.query(s.restore_sql);
     done(`foreign keys: ${ofKind('foreign key').length} validated`);
     for (const s of ofKind('trigger')) await client.query(s.restore_sql);
@@ -227,7 +244,7 @@ export async function seedDatabase(pool: pg.Pool, parameters: SeedParameters, op
   const vacuum = await pool.connect();
   try {
     await vacuum.query('SET statement_timeout = 0');
-    await vacuum.query(`VACUUM (ANALYZE) ${SEEDED_TABLES.join(', ')}`);
+    await vacuum.query(`VACUUM (ANALYZE) ${[...SEEDED_TABLES, ...(recordsHistory ? ['events'] : [])].join(', ')}`);
   } finally {
     await vacuum.query('RESET statement_timeout').catch(() => {});
     vacuum.release();

@@ -1,6 +1,7 @@
 import type { Deps } from '../deps.js';
 import type { OperationHandlers } from '../http/operation.js';
 import { analyticsHandlers } from './analytics.js';
+import { eventHandlers } from './events.js';
 import { featureHandlers } from './features.js';
 import { subscriptionFeatureHandlers } from './subscription-features.js';
 import { subscriptionHandlers } from './subscriptions.js';
@@ -17,5 +18,6 @@ export function allHandlers(deps: Deps): OperationHandlers {
     ...featureHandlers(deps),
     ...subscriptionFeatureHandlers(deps),
     ...analyticsHandlers(deps),
+    ...eventHandlers(deps),
   } satisfies OperationHandlers;
 }
