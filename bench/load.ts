@@ -96,11 +96,14 @@ async function runWrk(spec: LoadSpec, threads: number): Promise<LoadResult> {
   const t = spec.amount ? 1 : Math.min(threads, spec.connections);
   const args = ['-t', String(t), '-c', String(spec.connections), '-d', `${spec.seconds}s`, '--timeout', `${TIMEOUT_SECONDS}s`, '-s', script, spec.url];
   const child = spawn('wrk', args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  // Decoded as UTF-8 by the streams, so a character split across two chunks stays whole.
+  child.stdout.setEncoding('utf8');
+  child.stderr.setEncoding('utf8');
   let out = '';
   let err = '';
   let interrupted = false;
-  child.stdout.on('data', (d: Buffer) => (out += d));
-  child.stderr.on('data', (d: Buffer) => {
+  child.stdout.on('data', (d: string) => (out += d));
+  child.stderr.on('data', (d: string) => {
     err += d;
     if (spec.amount && !interrupted && err.includes(AMOUNT_REACHED)) interrupted = child.kill('SIGINT');
   });
