@@ -82,11 +82,12 @@ try {
   const common = { databaseUrl: bench.url, poolSize: settings.poolSize, statementTimeoutMs: settings.statementTimeoutMs };
   const ours = await startService({ ...common, name: 'ours', cwd: projectRoot, ...settings.ours });
   servers.ours = ours;
-  servers.floor = await startFloor(bench.url, settings.poolSize);
-  if (baseline) {
+  const uses = (server: string) => comparisons.some((c) => c.sides.some((s) => s.server === server));
+  if (uses('floor')) servers.floor = await startFloor(bench.url, settings.poolSize);
+  if (baseline && uses('baseline')) {
     servers.baseline = await startService({ ...common, databaseUrl: baselineDatabaseUrl, name: 'baseline', cwd: baseline.dir, nodeFlags: baseline.nodeFlags, webConcurrency: undefined, commit: baseline.commit });
   }
-  if (settings.variant) servers.variant = await startService({ ...common, name: 'variant', cwd: projectRoot, ...settings.variant });
+  if (settings.variant && uses('variant')) servers.variant = await startService({ ...common, name: 'variant', cwd: projectRoot, ...settings.variant });
   for (const extra of services) servers[extra.name] = await startService({ ...common, name: extra.name, cwd: projectRoot, ...settings.ours, env: extra.env });
   const idle = Object.fromEntries(Object.entries(servers).map(([name, s]) => [name, treeMemory(s.pid)]));
   for (const [name, s] of Object.entries(servers)) {
