@@ -4,7 +4,6 @@
  * event's object must be exactly what the API shows (compared as JSON text, so order and format too).
  */
 import test from 'ava';
-import type { components } from '../generated/api.js';
 import { openDatabase } from '../src/db/database.js';
 import { seedDatabase } from '../src/db/seed.js';
 import { createTestDatabase, useTestApp } from './support/app.js';
@@ -182,7 +181,7 @@ test('bulk statements record one event per row, numbered in key order, and each 
 test('a rolled-back transaction leaves no event; a rolled-back savepoint leaves none of its own', async (t) => {
   const client = await app.database.pool.connect();
   let kept: number;
-  let dropped: number[] = [];
+  const dropped: number[] = [];
   try {
     await client.query('BEGIN');
     const { rows: [a] } = await client.query<{ id: number }>(`INSERT INTO users (name, email) VALUES ('Gone', $1) RETURNING id`, [email()]);
