@@ -48,6 +48,8 @@ const CI_PARALLEL_VARIABLES = [
 let passed = 0;
 let failed = 0;
 let skipped = 0;
+/** ava's closing `# fail N`: missing when its TAP reporter crashed (it does on a test timeout). */
+let sawSummary = false;
 /** Why the run failed besides failed tests: each is counted as one failure. */
 const runFailures: string[] = [];
 
@@ -72,6 +74,8 @@ async function runAva(postgres: RunningPostgres): Promise<number> {
     } else if (/^ok \d+/.test(line)) {
       if (/# (SKIP|TODO)/.test(line)) skipped++;
       else passed++;
+    } else if (/^# fail \d+$/.test(line)) {
+      sawSummary = true;
     }
   });
   const code = await new Promise<number>((resolve) => {
@@ -108,7 +112,8 @@ try {
   await template.close();
   console.log(`# PostgreSQL 16 on port ${port} ready in ${Date.now() - started} ms (template ${TEMPLATE_DATABASE}), Node ${process.version}`);
   const code = await runAva(postgres);
-  if (code !== 0 && failed === 0) runFailures.push(`ava exited with code ${code} without reporting a failed test`);
+  if (code !== 0 && !sawSummary) runFailures.push(`ava exited with code ${code} before its summary (a test timed out or ava crashed): see above`);
+  else if (code !== 0 && failed === 0) runFailures.push(`ava exited with code ${code} without reporting a failed test`);
 } catch (err) {
   console.error(err);
   runFailures.push(`the run did not complete: ${err instanceof Error ? err.message.split('\n')[0] : String(err)}`);

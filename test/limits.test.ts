@@ -17,15 +17,16 @@ async function lockUsers(databaseUrl: string) {
   await blocker.query('BEGIN');
   await blocker.query('LOCK TABLE users IN ACCESS EXCLUSIVE MODE');
   return {
-    /** Resolves once some other session waits for the lock. */
+    /** Resolves once some other session waits for the lock (60 s hang guard). */
     async waiter() {
-      for (;;) {
+      for (const deadline = Date.now() + 60_000; Date.now() < deadline; ) {
         const { rowCount } = await blocker.query(
           "SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()",
         );
         if (rowCount) return;
         await new Promise((resolve) => setTimeout(resolve, 20));
       }
+      throw new Error('no request waited for the lock on users within 60 s');
     },
     async release() {
       await blocker.query('ROLLBACK');
@@ -60,7 +61,8 @@ test('a request that finds no free connection is a 503 with Retry-After that say
   try {
     busy = own.fetch('/api/users');
     await lock.waiter();
-    const starved = await own.fetch('/api/users');
+    // 60 s: a hang guard only; a hang is what this test exists to rule out.
+    const starved = await own.fetch('/api/users', { signal: AbortSignal.timeout(60_000) });
     t.is(starved.status, 503);
     t.is(starved.headers.get('retry-after'), '1');
     t.is((await starved.json()).detail, NO_FREE_CONNECTION_DETAIL);
