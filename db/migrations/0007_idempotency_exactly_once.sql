@@ -9,6 +9,8 @@
 -- never happened. They are dropped, and every row is now a complete answer.
 DELETE FROM idempotency_keys WHERE status IS NULL;
 ALTER TABLE idempotency_keys ALTER COLUMN status SET NOT NULL;
+-- The answer's body as the bytes that were sent (jsonb would reorder its keys): a replay is identical.
+ALTER TABLE idempotency_keys ALTER COLUMN response_body TYPE text USING response_body::text;
 
 -- Takes the key's lock, waiting at most `wait` for a request that holds it (then fails with
 -- lock_not_available, 55P03: the first is still running), forgets the key's answer if it is older

@@ -30,11 +30,14 @@ export async function migrateToLatest(db: Kysely<any>): Promise<string[]> {
   // (CREATE TABLE IF NOT EXISTS) races on a fresh database. One session-level advisory lock
   // held on one connection serializes the whole run across processes.
   return db.connection().execute(async (connection) => {
+    // Waiting for another process's migrations, and applying them, are not requests: no statement timeout.
+    await sql`SET statement_timeout = 0`.execute(connection);
     await sql`SELECT pg_advisory_lock(hashtext('subscriptions-api migrations'))`.execute(connection);
     try {
       return await applyPending(connection);
     } finally {
       await sql`SELECT pg_advisory_unlock(hashtext('subscriptions-api migrations'))`.execute(connection);
+      await sql`RESET statement_timeout`.execute(connection);
     }
   });
 }

@@ -1,5 +1,6 @@
-import type { PostgresPoolClient } from 'kysely';
+import type { Compilable, CompiledQuery, Kysely, PostgresPoolClient } from 'kysely';
 import type pg from 'pg';
+import type { Database } from './schema.js';
 
 /** SQL text -> statement name, for the texts registered with prepareOnEachConnection. */
 const names = new Map<string, string>();
@@ -21,4 +22,20 @@ export function preparingClient(client: pg.PoolClient): PostgresPoolClient {
     return (client.query as (text: unknown, values?: unknown) => unknown)(text, parameters);
   };
   return { query: query as PostgresPoolClient['query'], release: (destroy) => client.release(destroy) };
+}
+
+/**
+ * A hot query built by Kysely once, at its first use, with placeholder values, then executed with
+ * each call's parameters (in the order the compiled SQL numbers them) as a prepared statement:
+ * neither the query builder nor PostgreSQL's parser and planner run again per request.
+ */
+export function preparedQuery<Row>(build: (db: Kysely<Database>) => Compilable<Row>): (db: Kysely<Database>, parameters: unknown[]) => Promise<Row[]> {
+  let compiled: CompiledQuery<Row> | undefined;
+  return async (db, parameters) => {
+    if (!compiled) {
+      compiled = build(db).compile();
+      prepareOnEachConnection(compiled.sql);
+    }
+    return (await db.executeQuery<Row>({ ...compiled, parameters })).rows;
+  };
 }

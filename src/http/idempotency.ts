@@ -13,7 +13,8 @@ const REPLAYED_HEADERS = ['location', 'etag', 'content-type'];
 interface StoredAnswer {
   status: number;
   response_headers: Record<string, string> | null;
-  response_body: unknown;
+  /** The JSON text that was sent, or null for an empty body. */
+  response_body: string | null;
   request_hash: string;
 }
 
@@ -112,7 +113,8 @@ export class Idempotency {
         request_hash: requestHash,
         status,
         response_headers: JSON.stringify(headers),
-        response_body: body === undefined || body === null ? null : JSON.stringify(body),
+        // Handlers send JSON text (respond.ts); problems are objects.
+        response_body: body === undefined || body === null ? null : typeof body === 'string' ? body : JSON.stringify(body),
       })
       .execute();
   }

@@ -9,6 +9,7 @@ interface PgError {
   table?: string;
   column?: string;
   detail?: string;
+  severity?: string;
   message: string;
 }
 
@@ -72,8 +73,9 @@ export function problemFromPgError(err: unknown): ApiError | undefined {
     if (code.startsWith('22')) return badRequest(`a value cannot be stored: ${err.message}`);
     // Serialization failures and deadlocks: safe to retry.
     if (code === '40001' || code === '40P01') return unavailable('the change collided with a concurrent one; retry');
-    // Statement timeout, shutdown, connection failures, too many connections.
-    if (code === '57014' || code.startsWith('57P') || code.startsWith('08') || code === '53300') {
+    // Statement timeout, shutdown, connection failures, too many connections, and any FATAL error
+    // (the server ended or refused the session, e.g. a database not accepting connections, 55000).
+    if (code === '57014' || code.startsWith('57P') || code.startsWith('08') || code === '53300' || err.severity === 'FATAL' || err.severity === 'PANIC') {
       return unavailable('the database is unavailable or overloaded; retry shortly');
     }
     return undefined;

@@ -16,9 +16,10 @@ export function requestContext(log: Logger): AppMiddleware {
   return async (ctx, next) => {
     const incoming = ctx.get('X-Request-Id');
     const requestId = SANE_REQUEST_ID.test(incoming) ? incoming : randomUUID();
-    const requestLog = log.child({ requestId });
     ctx.state.requestId = requestId;
-    ctx.state.log = requestLog;
+    // The request's own logger is made only when something logs through it (most requests log one line).
+    let requestLog: Logger | undefined;
+    Object.defineProperty(ctx.state, 'log', { get: () => (requestLog ??= log.child({ requestId })), enumerable: true });
     ctx.set('X-Request-Id', requestId);
     ctx.set('X-Content-Type-Options', 'nosniff');
     if (isApiPath(ctx.path)) ctx.set('Cache-Control', 'no-store');
@@ -35,7 +36,7 @@ export function requestContext(log: Logger): AppMiddleware {
       }
     } catch (err) {
       const problem = toApiError(err);
-      if (!problem) requestLog.error({ err, method: ctx.method, path: ctx.path }, 'unexpected error');
+      if (!problem) ctx.state.log.error({ err, method: ctx.method, path: ctx.path }, 'unexpected error');
       const apiError = problem ?? new ApiError(500, 'an unexpected error occurred; it has been logged with the request id');
       ctx.status = apiError.status;
       for (const [name, value] of Object.entries(apiError.headers)) ctx.set(name, value);
@@ -43,7 +44,7 @@ export function requestContext(log: Logger): AppMiddleware {
       // Koa resets the type when an object is assigned to the body: set it after.
       ctx.type = 'application/problem+json';
     } finally {
-      requestLog.info({ method: ctx.method, path: ctx.path, status: ctx.status, ms: Number(process.hrtime.bigint() - started) / 1e6 }, 'request');
+      log.info({ requestId, method: ctx.method, path: ctx.path, status: ctx.status, ms: Number(process.hrtime.bigint() - started) / 1e6 }, 'request');
     }
   };
 }

@@ -1,24 +1,36 @@
 import { createHash } from 'node:crypto';
-import type Koa from 'koa';
+import { StaleVersionError } from '../errors.js';
 import type { CursorCodec, CursorValue } from './cursor.js';
-import { ApiError } from './problem.js';
+import type { AppContext } from './state.js';
+
+const etagOfJson = (json: string) => `"${createHash('sha256').update(json).digest('base64url').slice(0, 27)}"`;
 
 /** A strong ETag: a hash of the representation, so it changes exactly when the object does. */
 export function etagOf(representation: unknown): string {
-  return `"${createHash('sha256').update(JSON.stringify(representation)).digest('base64url').slice(0, 27)}"`;
+  return etagOfJson(JSON.stringify(representation));
 }
 
-/** Sends one object with its ETag (and Location for a 201); a matching If-None-Match on GET is a 304. */
-export function sendObject(ctx: Koa.Context, status: 200 | 201, representation: object, location?: string): void {
-  const etag = etagOf(representation);
+/**
+ * The body as JSON text, serialized once: the ETag, the compression threshold and the socket all
+ * read this one string (an object body would be serialized again by each).
+ */
+function sendJson(ctx: AppContext, status: number, json: string): void {
+  ctx.status = status;
+  ctx.body = json;
+  ctx.type = 'application/json';
+}
+
+/** Sends one object with its ETag (and Location for a 201); a matching If-None-Match on GET or HEAD is a 304. */
+export function sendObject(ctx: AppContext, status: 200 | 201, representation: object, location?: string): void {
+  const json = JSON.stringify(representation);
+  const etag = etagOfJson(json);
   ctx.set('ETag', etag);
   if (location) ctx.set('Location', location);
-  if (ctx.method === 'GET' && matchesAny(ctx.get('If-None-Match'), etag)) {
+  if ((ctx.method === 'GET' || ctx.method === 'HEAD') && matchesAny(ctx.get('If-None-Match'), etag)) {
     ctx.status = 304;
     return;
   }
-  ctx.status = status;
-  ctx.body = representation;
+  sendJson(ctx, status, json);
 }
 
 function matchesAny(header: string, etag: string): boolean {
@@ -28,16 +40,16 @@ function matchesAny(header: string, etag: string): boolean {
 }
 
 /** Whether the request made its change conditional (If-Match present). */
-export const hasIfMatch = (ctx: Koa.Context): boolean => ctx.get('If-Match') !== '';
+export const hasIfMatch = (ctx: AppContext): boolean => ctx.get('If-Match') !== '';
 
 /** 412 unless If-Match is absent or names the current representation (or `*`). */
-export function checkIfMatch(ctx: Koa.Context, current: object): void {
+export function checkIfMatch(ctx: AppContext, current: object): void {
   const header = ctx.get('If-Match');
   if (!header) return;
   // If-Match uses strong comparison: a weak tag never matches.
   const tags = header.split(',').map((t) => t.trim());
   if (tags.includes('*') || tags.includes(etagOf(current))) return;
-  throw new ApiError(412, 'If-Match does not match the current ETag: the object changed since it was read; fetch it again');
+  throw new StaleVersionError();
 }
 
 /** How a keyset list is asked for: page size and where the previous page ended. */
@@ -61,7 +73,7 @@ export function pageRequest(codec: CursorCodec, query: { limit?: number; cursor?
  * page. The cursor is taken from the last row sent; the Link header repeats the request with it.
  */
 export function sendPage<Row, Item>(
-  ctx: Koa.Context,
+  ctx: AppContext,
   codec: CursorCodec,
   page: PageRequest,
   sort: string,
@@ -78,6 +90,5 @@ export function sendPage<Row, Item>(
     params.set('cursor', nextCursor);
     ctx.set('Link', `<${ctx.path}?${params.toString()}>; rel="next"`);
   }
-  ctx.status = 200;
-  ctx.body = { data: shown.map(toItem), next_cursor: nextCursor };
+  sendJson(ctx, 200, JSON.stringify({ data: shown.map(toItem), next_cursor: nextCursor }));
 }

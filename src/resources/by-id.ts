@@ -1,5 +1,6 @@
 import type { Kysely, Selectable, Updateable } from 'kysely';
 import type { Database } from '../db/schema.js';
+import { preparedQuery } from '../db/prepared.js';
 import { NotFoundError } from '../errors.js';
 import type { AppContext } from '../http/state.js';
 import { writeIfMatch } from './conditional.js';
@@ -18,7 +19,9 @@ export function byId<T extends ByIdTable>(table: T, what: string, represent: (ro
   // three tables share `id`) and their rows typed by T at this boundary.
   const name = table as ByIdTable as 'users';
   const find = (db: Kysely<Database>, id: number) => db.selectFrom(name).selectAll().where('id', '=', id);
-  const get = (db: Kysely<Database>, id: number) => find(db, id).executeTakeFirst() as Promise<Row<T> | undefined>;
+  // The read of every GET /<resource>/{id}: built and planned once.
+  const read = preparedQuery((db) => find(db, 0));
+  const get = async (db: Kysely<Database>, id: number) => (await read(db, [id]))[0] as Row<T> | undefined;
   const lockCurrent = (id: number) => (trx: Kysely<Database>) => find(trx, id).forUpdate().executeTakeFirst() as Promise<Row<T> | undefined>;
 
   return {
