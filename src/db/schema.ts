@@ -104,9 +104,15 @@ export interface EventsTable {
   object_id: ColumnType<string, never, never>;
   /** Whose the object is (for the user_id filter); null for features. */
   user_id: ColumnType<number | null, never, never>;
-  /** The object as the API shows it after the change (before it, for a deletion). */
-  object: ColumnType<Record<string, unknown>, never, never>;
-  /** The old values of the fields whose shown value changed (updates only, else {}). */
+  /**
+   * The object after the change (before it, for a deletion), in the row-typed column of its
+   * object_type (composite types history_*; read them with row_to_json, see src/resources/events.ts).
+   */
+  object_user: ColumnType<string | null, never, never>;
+  object_feature: ColumnType<string | null, never, never>;
+  object_subscription: ColumnType<string | null, never, never>;
+  object_subscription_feature: ColumnType<string | null, never, never>;
+  /** The old values of the fields that changed (updates only, else {}), timestamps as to_jsonb writes them. */
   previous_attributes: ColumnType<Record<string, unknown>, never, never>;
 }
 

@@ -3,7 +3,7 @@
  * ever missing an event, and `GET /events/{id}`. docs/events.md explains why the feed never skips.
  */
 import { createHash } from 'node:crypto';
-import { sql, type Kysely, type Selectable } from 'kysely';
+import { sql, type ExpressionBuilder, type Kysely, type Selectable } from 'kysely';
 import type Koa from 'koa';
 import type { components, operations } from '../../generated/api.js';
 import type { Database, EventsTable } from '../db/schema.js';
@@ -14,32 +14,54 @@ import { badRequest } from '../http/problem.js';
 import { DEFAULT_LIMIT, sendObject } from '../http/respond.js';
 
 type Event = components['schemas']['Event'];
-type EventRow = Selectable<EventsTable>;
+/** An event as read: its columns, and its object's fields (row_to_json of its object column). */
+type EventRow = Pick<Selectable<EventsTable>, 'id' | 'xid' | 'type' | 'occurred_at' | 'object_type' | 'object_id' | 'previous_attributes'> & {
+  object: Record<string, unknown>;
+};
 type ListQuery = NonNullable<operations['listEvents']['parameters']['query']>;
 type EventType = Event['type'];
 type TypeFilter = NonNullable<ListQuery['type']>[number];
 
 /**
- * Each object's fields in the order the resource modules' to* functions write them: the database
- * stores objects as jsonb (which orders keys its own way), and an event shows them as the API does.
+ * The columns of an event, its object as JSON in the API's field order (the row types of migration
+ * 0006 list the fields as the to* functions of the resource modules do), for any query on events.
  */
-const FIELD_ORDER: Record<Event['object_type'], readonly string[]> = {
-  user: ['id', 'name', 'email', 'created_at', 'updated_at'],
-  subscription: ['id', 'user_id', 'status', 'plan_name', 'plan_cost', 'billing_period', 'start_date', 'end_date', 'created_at', 'updated_at'],
-  feature: ['id', 'name', 'description', 'created_at', 'updated_at'],
-  subscription_feature: ['subscription_id', 'feature_id', 'feature_name', 'usage_limit', 'added_at', 'updated_at'],
-};
+export const eventColumns = (eb: ExpressionBuilder<Database, 'events'>) => [
+  'events.id',
+  'events.xid',
+  'events.type',
+  'events.occurred_at',
+  'events.object_type',
+  'events.object_id',
+  'events.previous_attributes',
+  eb.fn
+    .coalesce(
+      sql<Record<string, unknown>>`row_to_json(events.object_user)`,
+      sql<Record<string, unknown>>`row_to_json(events.object_feature)`,
+      sql<Record<string, unknown>>`row_to_json(events.object_subscription)`,
+      sql<Record<string, unknown>>`row_to_json(events.object_subscription_feature)`,
+    )
+    .$notNull()
+    .as('object'),
+] as const;
 
-function inFieldOrder(fields: readonly string[], value: Record<string, unknown>): Record<string, unknown> {
-  const ordered: Record<string, unknown> = {};
-  for (const field of fields) if (field in value) ordered[field] = value[field];
-  // A field the list does not know yet still shows (the test comparing with the API catches it).
-  for (const field of Object.keys(value)) if (!(field in ordered)) ordered[field] = value[field];
-  return ordered;
+/** The fields the database keeps as timestamps; the API writes them as toISOString() does. */
+const TIMESTAMPS = new Set(['created_at', 'updated_at', 'added_at']);
+
+/** Fields in the order of `order` (the object's, for previous_attributes), timestamps as the API writes them. */
+function asShown(value: Record<string, unknown>, order: readonly string[]): Record<string, unknown> {
+  const shown: Record<string, unknown> = {};
+  for (const field of order) {
+    if (!(field in value)) continue;
+    const v = value[field];
+    shown[field] = TIMESTAMPS.has(field) && typeof v === 'string' ? new Date(v).toISOString() : v;
+  }
+  return shown;
 }
 
+/** An event as GET /events shows it (and webhook deliveries send it). */
 export function toEvent(row: EventRow): Event {
-  const fields = FIELD_ORDER[row.object_type];
+  const fields = Object.keys(row.object);
   return {
     id: row.id,
     type: row.type,
@@ -47,8 +69,8 @@ export function toEvent(row: EventRow): Event {
     object_type: row.object_type,
     object_id: row.object_id,
     data: {
-      object: inFieldOrder(fields, row.object),
-      previous_attributes: inFieldOrder(fields, row.previous_attributes),
+      object: asShown(row.object, fields),
+      previous_attributes: asShown(row.previous_attributes, fields),
     },
   } as Event;
 }
@@ -100,7 +122,7 @@ export function eventPageQuery(db: Kysely<Database>, query: ListQuery, after: Fe
     .selectFrom('horizon')
     .leftJoinLateral(
       (eb) => {
-        let page = eb.selectFrom('events').selectAll('events').where(sql<boolean>`events.xid < horizon.xmin`);
+        let page = eb.selectFrom('events').select(eventColumns).where(sql<boolean>`events.xid < horizon.xmin`);
         // A row comparison: one range condition on the index (xid, id), or on (user_id | object_id, xid, id).
         if (after) page = page.where(sql<boolean>`(events.xid, events.id) > (${after.xid}::xid8, ${after.id}::bigint)`);
         if (query.type !== undefined) page = page.where('events.type', 'in', expandTypes(query.type));
@@ -113,7 +135,7 @@ export function eventPageQuery(db: Kysely<Database>, query: ListQuery, after: Fe
       },
       (join) => join.onTrue(),
     )
-    .select(['horizon.xmin as horizon', 'e.id', 'e.xid', 'e.type', 'e.occurred_at', 'e.object_type', 'e.object_id', 'e.user_id', 'e.object', 'e.previous_attributes'])
+    .select(['horizon.xmin as horizon', 'e.id', 'e.xid', 'e.type', 'e.occurred_at', 'e.object_type', 'e.object_id', 'e.object', 'e.previous_attributes'])
     .orderBy('e.xid')
     .orderBy('e.id');
 }
@@ -160,7 +182,7 @@ export function eventHandlers({ db, cursors }: Deps) {
     },
 
     async getEvent({ path, ctx }) {
-      const row = await db.selectFrom('events').selectAll().where('id', '=', path.id).executeTakeFirst();
+      const row = await db.selectFrom('events').select(eventColumns).where('events.id', '=', path.id).executeTakeFirst();
       if (!row) throw new NotFoundError('event', path.id);
       sendObject(ctx, 200, toEvent(row));
     },
