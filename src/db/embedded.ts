@@ -205,8 +205,11 @@ export async function startEmbeddedPostgres(options: EmbeddedPostgresOptions): P
       let tail = ''; // the message may arrive split over two chunks
       const onOutput = (chunk: Buffer) => {
         for (const line of chunk.toString().split('\n')) if (line.trim()) log(line.trimEnd());
-        tail = (tail + chunk.toString()).slice(-200);
-        if (tail.includes('database system is ready to accept connections')) resolve();
+        // Searched before trimming: more lines may follow it in the same chunk (after a crash
+        // recovery, clients' "not yet accepting connections" errors do).
+        const seen = tail + chunk.toString();
+        if (seen.includes('database system is ready to accept connections')) resolve();
+        tail = seen.slice(-200);
       };
       server.stdout.on('data', onOutput);
       server.stderr.on('data', onOutput);
