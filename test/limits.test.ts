@@ -17,9 +17,11 @@ async function lockUsers(databaseUrl: string) {
   await blocker.query('BEGIN');
   await blocker.query('LOCK TABLE users IN ACCESS EXCLUSIVE MODE');
   return {
-    /** Resolves once some other session waits for the lock (60 s hang guard). */
-    async waiter() {
+    /** Resolves once some other session waits for the lock (60 s hang guard); fails once `ended` says why not. */
+    async waiter(ended: () => string | undefined = () => undefined) {
       for (const deadline = Date.now() + 60_000; Date.now() < deadline; ) {
+        const why = ended();
+        if (why) throw new Error(`the request ended before it waited for the lock: ${why}`);
         const { rowCount } = await blocker.query(
           "SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()",
         );
@@ -53,14 +55,21 @@ test('a query that runs past statement_timeout is a 503 with Retry-After that sa
 test('a request that finds no free connection is a 503 with Retry-After that says so, while the busy one finishes', async (t) => {
   // One connection, which the first request holds while it waits for the lock; the statement
   // timeout is far away (a hang guard), so nothing but the lock decides when it ends. The wait for
-  // a connection (3 s) also bounds opening one, so it is not cut short on a loaded machine.
-  const own = await startTestApp({ PG_POOL_SIZE: '1', PG_CONNECTION_TIMEOUT_MS: '3000', STATEMENT_TIMEOUT_MS: '120000' });
+  // a connection (10 s) also bounds opening one: generous, so a loaded machine does not cut it short.
+  const own = await startTestApp({ PG_POOL_SIZE: '1', PG_CONNECTION_TIMEOUT_MS: '10000', STATEMENT_TIMEOUT_MS: '120000' });
   t.teardown(() => own.close());
+  // The pool's one connection is opened now, before the lock, so the first request only reuses it.
+  t.is((await own.fetch('/api/users')).status, 200);
   const lock = await lockUsers(own.databaseUrl);
   let busy: Promise<Response> | undefined;
+  let busyEnded: string | undefined;
   try {
-    busy = own.fetch('/api/users');
-    await lock.waiter();
+    busy = own.fetch('/api/users', { signal: AbortSignal.timeout(100_000) });
+    void busy.then(
+      (response) => (busyEnded = `answered ${response.status}`),
+      (err: unknown) => (busyEnded = String(err)),
+    );
+    await lock.waiter(() => busyEnded);
     // 60 s: a hang guard only; a hang is what this test exists to rule out.
     const starved = await own.fetch('/api/users', { signal: AbortSignal.timeout(60_000) });
     t.is(starved.status, 503);
