@@ -23,6 +23,16 @@ export interface BaselineCheckout {
 
 const git = (...args: string[]) => execFileSync('git', args, { cwd: projectRoot, encoding: 'utf8' }).trim();
 
+/** The commit a checkout runs, and whether its files differ from it. */
+export function checkoutCommit(dir: string): string {
+  const run = (...args: string[]) => execFileSync('git', args, { cwd: dir, encoding: 'utf8' }).trim();
+  try {
+    return `${run('rev-parse', 'HEAD')}${run('status', '--porcelain', '--untracked-files=no') ? ' plus uncommitted changes' : ''}`;
+  } catch {
+    return 'unknown (not a git checkout)';
+  }
+}
+
 export function prepareBaseline(ref: string, nodeFlagsOverride: string | undefined, log: (line: string) => void): BaselineCheckout {
   const commit = git('rev-parse', '--verify', `${ref}^{commit}`);
   const subject = git('log', '-1', '--format=%s', commit);

@@ -11,7 +11,7 @@ import path from 'node:path';
 import { projectRoot } from '../src/config.js';
 import { CursorCodec } from '../src/http/cursor.js';
 import { analyticsTriggerSwitch } from './analytics.js';
-import { prepareBaseline, type BaselineCheckout } from './baseline.js';
+import { checkoutCommit, prepareBaseline, type BaselineCheckout } from './baseline.js';
 import { appliedMigrations, copyForOlderCheckout, openBenchDatabase, seedBenchDatabase } from './database.js';
 import { daysAgo, explainListVariants } from './explain.js';
 import { num, previousAnalyticsP50, printComparison, printExplain, spreadLine, writeResults } from './report.js';
@@ -80,7 +80,7 @@ try {
 
   log(`# the services run with STATEMENT_TIMEOUT_MS=${settings.statementTimeoutMs} (default 10000; the plain-SQL analytics takes ~13 s at 5M), PG_POOL_SIZE=${settings.poolSize}, RATE_LIMIT_PER_MINUTE=0 (one key sends every request) unless a scenario says otherwise`);
   const common = { databaseUrl: bench.url, poolSize: settings.poolSize, statementTimeoutMs: settings.statementTimeoutMs };
-  const ours = await startService({ ...common, name: 'ours', cwd: projectRoot, ...settings.ours });
+  const ours = await startService({ ...common, name: 'ours', cwd: projectRoot, ...settings.ours, commit: checkoutCommit(projectRoot) });
   servers.ours = ours;
   const uses = (server: string) => comparisons.some((c) => c.sides.some((s) => s.server === server));
   if (uses('floor')) servers.floor = await startFloor(bench.url, settings.poolSize);
@@ -143,7 +143,7 @@ try {
     log(`${name} RSS: ${Math.round(idle[name]!.sumMb)} MB when ready (${idle[name]!.processes} process(es)); lifetime peak per process ${peaks.map((p) => `${p.name} ${p.peakMb} MB`).join(', ')}`);
   }
 
-  const file = writeResults(resultsDir, settings.size, quick, {
+  const file = writeResults(resultsDir, settings.size, quick ? 'quick' : settings.only ? 'partial' : 'full', {
     date: new Date().toISOString(),
     verdict: quick ? `BENCH_ROUNDS=${settings.rounds}: ${NOT_A_VERDICT}` : `${settings.rounds} interleaved rounds`,
     size: settings.size,

@@ -49,10 +49,13 @@ export function printExplain(explained: VariantExplain[], runs: number, log: (li
   }
 }
 
-/** bench/results/<UTC date and time>-<size>[-quick].json: a quick run never overwrites or looks like a verdict. */
-export function writeResults(resultsDir: string, size: number, quick: boolean, report: unknown): string {
+/**
+ * bench/results/<UTC date and time>-<size>[-quick|-partial].json: a quick run (BENCH_ROUNDS < 3) or a
+ * partial one (BENCH_ONLY) never overwrites a full run or looks like one (both are git-ignored).
+ */
+export function writeResults(resultsDir: string, size: number, kind: 'full' | 'quick' | 'partial', report: unknown): string {
   const stamp = new Date().toISOString().slice(0, 16).replace(/:/g, '');
-  const file = path.join(resultsDir, `${stamp}-${size}${quick ? '-quick' : ''}.json`);
+  const file = path.join(resultsDir, `${stamp}-${size}${kind === 'full' ? '' : `-${kind}`}.json`);
   fs.mkdirSync(resultsDir, { recursive: true });
   fs.writeFileSync(file, `${JSON.stringify(report, null, 2)}\n`);
   return file;
