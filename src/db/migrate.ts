@@ -43,7 +43,9 @@ export async function migrateToLatest(db: Kysely<any>): Promise<string[]> {
 }
 
 async function applyPending(db: Kysely<any>): Promise<string[]> {
-  const migrator = new Migrator({ db, provider: new SqlFileMigrationProvider(migrationsDir) });
+  // Work on several branches lands migrations out of number order (0007 applied here before 0006
+  // arrived): each is still applied once; Kysely would otherwise refuse the database for good.
+  const migrator = new Migrator({ db, provider: new SqlFileMigrationProvider(migrationsDir), allowUnorderedMigrations: true });
   const { error, results } = await migrator.migrateToLatest();
   if (error) {
     const failed = results?.find((r) => r.status === 'Error')?.migrationName;
