@@ -48,14 +48,20 @@ test('an Idempotency-Key used on one instance replays on the other, also when bo
   const answers = await Promise.all(
     [a, b].map((instance) => call(instance, KEYS.idempotency, '/api/users', { method: 'POST', body: raced, headers: { 'Idempotency-Key': 'both-at-once' } })),
   );
-  t.deepEqual(answers.map((r) => r.status), [201, 201]);
+  t.deepEqual(
+    answers.map((r) => r.status),
+    [201, 201],
+  );
   t.deepEqual(answers.map((r) => r.headers.get('idempotent-replayed')).sort(), ['true', null].sort());
   const [one, two] = await Promise.all(answers.map((r) => r.json() as Promise<{ id: number }>));
   t.is(one!.id, two!.id);
   const client = new pg.Client({ connectionString: databaseUrl });
   await client.connect();
   try {
-    const { rows } = await client.query<{ n: number }>("SELECT count(*)::int AS n FROM users WHERE email IN ($1, $2)", [`two.instances.${process.pid}@example.com`, `raced.${process.pid}@example.com`]);
+    const { rows } = await client.query<{ n: number }>('SELECT count(*)::int AS n FROM users WHERE email IN ($1, $2)', [
+      `two.instances.${process.pid}@example.com`,
+      `raced.${process.pid}@example.com`,
+    ]);
     t.is(rows[0]!.n, 2, 'one user per key, whichever instance answered');
   } finally {
     await client.end();
@@ -69,7 +75,11 @@ test('the rate limit is one quota across both instances', async (t) => {
     t.is(response.status, 200);
     remaining.push(Number(/r=(\d+)/.exec(response.headers.get('ratelimit') ?? '')?.[1]));
   }
-  t.deepEqual(remaining, Array.from({ length: QUOTA }, (_, i) => QUOTA - 1 - i), 'each answer, from either instance, counts every request before it');
+  t.deepEqual(
+    remaining,
+    Array.from({ length: QUOTA }, (_, i) => QUOTA - 1 - i),
+    'each answer, from either instance, counts every request before it',
+  );
   for (const instance of [a, b]) {
     const refused = await call(instance, KEYS.limits, '/api/features');
     t.is(refused.status, 429);
@@ -80,7 +90,10 @@ test('the rate limit is one quota across both instances', async (t) => {
 test('analytics stay exact under concurrent writes through both instances', async (t) => {
   const users = await Promise.all(
     [0, 1, 2, 3].map(async (i) => {
-      const response = await call(i % 2 ? a : b, KEYS.writes, '/api/users', { method: 'POST', body: JSON.stringify({ name: `Writer ${i}`, email: `writer.${i}.${process.pid}@example.com` }) });
+      const response = await call(i % 2 ? a : b, KEYS.writes, '/api/users', {
+        method: 'POST',
+        body: JSON.stringify({ name: `Writer ${i}`, email: `writer.${i}.${process.pid}@example.com` }),
+      });
       return ((await response.json()) as { id: number }).id;
     }),
   );
@@ -93,14 +106,21 @@ test('analytics stay exact under concurrent writes through both instances', asyn
       const instance = writer % 2 ? a : b;
       for (let n = 0; n < 12; n++) {
         const cents = (writer * 997 + n * 131) % 20_000;
-        const body = { user_id: users[(writer + n) % users.length], status: statuses[(writer + n) % statuses.length], plan_cost: `${Math.floor(cents / 100)}.${String(cents % 100).padStart(2, '0')}`, start_date: today, billing_period: n % 3 ? 'month' : 'year' };
+        const body = {
+          user_id: users[(writer + n) % users.length],
+          status: statuses[(writer + n) % statuses.length],
+          plan_cost: `${Math.floor(cents / 100)}.${String(cents % 100).padStart(2, '0')}`,
+          start_date: today,
+          billing_period: n % 3 ? 'month' : 'year',
+        };
         const response = await call(instance, KEYS.writes, '/api/subscriptions', { method: 'POST', body: JSON.stringify(body) });
         t.is(response.status, 201);
         const { id } = (await response.json()) as { id: number };
         created.push(id);
         // Every third one is changed through the other instance, every fifth deleted.
         const other = instance === a ? b : a;
-        if (n % 3 === 0) t.is((await call(other, KEYS.writes, `/api/subscriptions/${id}`, { method: 'PATCH', body: JSON.stringify({ status: 'active', plan_cost: '42.42' }) })).status, 200);
+        if (n % 3 === 0)
+          t.is((await call(other, KEYS.writes, `/api/subscriptions/${id}`, { method: 'PATCH', body: JSON.stringify({ status: 'active', plan_cost: '42.42' }) })).status, 200);
         if (n % 5 === 4) t.is((await call(other, KEYS.writes, `/api/subscriptions/${id}`, { method: 'DELETE' })).status, 204);
       }
     }),

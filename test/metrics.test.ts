@@ -59,10 +59,16 @@ test.serial('/metrics needs the API key by default: 401 problem without it, Prom
   t.regex(allowed.headers.get('content-type') ?? '', /^text\/plain; version=0\.0\.4/);
   const samples = parsePrometheus(await allowed.text());
   for (const name of ['process_cpu_user_seconds_total', 'process_resident_memory_bytes', 'nodejs_eventloop_lag_seconds', 'nodejs_heap_size_used_bytes']) {
-    t.true(samples.some((s) => s.name === name), `default process metric ${name}`);
+    t.true(
+      samples.some((s) => s.name === name),
+      `default process metric ${name}`,
+    );
   }
   for (const name of ['db_pool_connections', 'db_pool_idle_connections', 'db_pool_waiting_requests', 'http_requests_in_flight', 'idempotency_replays_total']) {
-    t.true(samples.some((s) => s.name === name && Number.isFinite(s.value)), name);
+    t.true(
+      samples.some((s) => s.name === name && Number.isFinite(s.value)),
+      name,
+    );
   }
 });
 
@@ -93,13 +99,22 @@ test.serial('request counters move by exactly the requests made, labelled by ope
   });
   t.deepEqual(increase(before, after, 'http_request_duration_seconds_count'), increase(before, after, 'http_requests_total'));
   // Each observation lands in the +Inf bucket too, and durations are positive.
-  t.is(series(after, 'http_request_duration_seconds_bucket').get(labelsKey({ operation: 'getUser', status: '200', le: '+Inf' })), series(after, 'http_requests_total').get(key('getUser', 200)));
+  t.is(
+    series(after, 'http_request_duration_seconds_bucket').get(labelsKey({ operation: 'getUser', status: '200', le: '+Inf' })),
+    series(after, 'http_requests_total').get(key('getUser', 200)),
+  );
   t.true((series(after, 'http_request_duration_seconds_sum').get(key('getUser', 200)) ?? 0) > 0);
 
   // Bounded labels: only the spec's operationIds and the named routes, whatever paths were asked for.
   const operations = new Set(after.filter((s) => s.name === 'http_requests_total').map((s) => s.labels.operation!));
-  t.deepEqual([...operations].filter((o) => !operationIds.has(o) && !OTHER_ROUTES.has(o)), []);
-  t.false(after.some((s) => Object.values(s.labels).some((value) => value.includes('/api/'))), 'no raw path as a label');
+  t.deepEqual(
+    [...operations].filter((o) => !operationIds.has(o) && !OTHER_ROUTES.has(o)),
+    [],
+  );
+  t.false(
+    after.some((s) => Object.values(s.labels).some((value) => value.includes('/api/'))),
+    'no raw path as a label',
+  );
 });
 
 test.serial('idempotent replays are counted; in-flight requests and the pool are reported', async (t) => {

@@ -72,7 +72,10 @@ test('past the quota the answer is a 429 problem with Retry-After and r=0, and t
     while (answers.length < 6 && answers.at(-1)?.status !== 429) answers.push(await app.fetch('/api/features'));
     const refused = answers.at(-1)!;
     t.is(refused.status, 429);
-    t.deepEqual(answers.slice(0, -1).map((r) => r.status), Array.from({ length: answers.length - 1 }, () => 200));
+    t.deepEqual(
+      answers.slice(0, -1).map((r) => r.status),
+      Array.from({ length: answers.length - 1 }, () => 200),
+    );
     t.is(rateLimitOf(answers.at(-2)!).remaining, 0, 'the last request allowed took the last of the quota');
     t.is(refused.headers.get('content-type'), 'application/problem+json');
     const problem = (await refused.json()) as { status: number; title: string };

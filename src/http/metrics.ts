@@ -62,9 +62,30 @@ export class ServiceMetrics {
       registers,
     });
     // Read from the pool when scraped; summed over workers in a cluster.
-    new Gauge({ name: 'db_pool_connections', help: 'Connections the database pool holds (idle and in use).', registers, collect() { this.set(pool.totalCount); } });
-    new Gauge({ name: 'db_pool_idle_connections', help: 'Connections of the pool that are idle.', registers, collect() { this.set(pool.idleCount); } });
-    new Gauge({ name: 'db_pool_waiting_requests', help: 'Queries waiting for a free connection of the pool.', registers, collect() { this.set(pool.waitingCount); } });
+    new Gauge({
+      name: 'db_pool_connections',
+      help: 'Connections the database pool holds (idle and in use).',
+      registers,
+      collect() {
+        this.set(pool.totalCount);
+      },
+    });
+    new Gauge({
+      name: 'db_pool_idle_connections',
+      help: 'Connections of the pool that are idle.',
+      registers,
+      collect() {
+        this.set(pool.idleCount);
+      },
+    });
+    new Gauge({
+      name: 'db_pool_waiting_requests',
+      help: 'Queries waiting for a free connection of the pool.',
+      registers,
+      collect() {
+        this.set(pool.waitingCount);
+      },
+    });
     collectDefaultMetrics({ register: this.registry });
     if (cluster.isWorker) {
       // The primary's AggregatorRegistry collects this registry from every worker.
@@ -83,7 +104,11 @@ export class ServiceMetrics {
    */
   private operationOf(ctx: AppContext, router: Router<RequestState>): string {
     let route = (ctx as AppContext & { _matchedRoute?: string | RegExp })._matchedRoute;
-    if (route === undefined) route = router.match(ctx.path, ctx.method).pathAndMethod.filter((layer) => layer.methods.length > 0).at(-1)?.path;
+    if (route === undefined)
+      route = router
+        .match(ctx.path, ctx.method)
+        .pathAndMethod.filter((layer) => layer.methods.length > 0)
+        .at(-1)?.path;
     if (typeof route !== 'string') return 'unmatched';
     const method = ctx.method === 'HEAD' ? 'GET' : ctx.method;
     const operationId = this.operationByRoute.get(`${method} ${route}`);
