@@ -49,22 +49,26 @@ async function tableOrder(afterId: number | undefined, lastId: number): Promise<
 
 test.serial('a transaction still open holds the feed back: a later commit waits, then both come in transaction order (where id > cursor skips)', async (t) => {
   const cursor = await tail();
-  const { rows: [mark] } = await app.database.pool.query<{ id: number }>('SELECT coalesce(max(id), 0)::int AS id FROM events');
+  const {
+    rows: [mark],
+  } = await app.database.pool.query<{ id: number }>('SELECT coalesce(max(id), 0)::int AS id FROM events');
   const early = await app.database.pool.connect();
   try {
     await early.query('BEGIN');
     await early.query(`INSERT INTO users (name, email) VALUES ('Early', $1)`, [email()]);
     const [earlyEvent] = await ownEvents(early);
     const late = await createUser(); // commits while `early` is still open
-    const { rows: [lateEvent] } = await app.database.pool.query<{ id: number }>(
-      `SELECT id FROM events WHERE object_type = 'user' AND object_id = $1`,
-      [String(late.id)],
-    );
+    const {
+      rows: [lateEvent],
+    } = await app.database.pool.query<{ id: number }>(`SELECT id FROM events WHERE object_type = 'user' AND object_id = $1`, [String(late.id)]);
     t.true(lateEvent!.id > earlyEvent!, 'ids are given at insert: the early transaction has the lower id');
 
     // What a reader of `id > cursor` sees now: the later event; its next cursor would pass the early one.
     const { rows: naive } = await app.database.pool.query<{ id: number }>('SELECT id FROM events WHERE id > $1 ORDER BY id', [mark!.id]);
-    t.deepEqual(naive.map((r) => r.id), [lateEvent!.id]);
+    t.deepEqual(
+      naive.map((r) => r.id),
+      [lateEvent!.id],
+    );
 
     const held = await eventPage(app, { cursor });
     t.deepEqual(held.data, [], 'nothing yet: the open transaction could still commit before the later one');
@@ -74,7 +78,10 @@ test.serial('a transaction still open holds the feed back: a later commit waits,
     await early.query('COMMIT');
     await feedCaughtUp(app);
     const page = await eventPage(app, { cursor });
-    t.deepEqual(page.data.map((e) => e.id), [earlyEvent, lateEvent!.id]);
+    t.deepEqual(
+      page.data.map((e) => e.id),
+      [earlyEvent, lateEvent!.id],
+    );
   } finally {
     await early.query('ROLLBACK').catch(() => {});
     early.release();
@@ -83,7 +90,9 @@ test.serial('a transaction still open holds the feed back: a later commit waits,
 
 test.serial('many writers committing out of order, some rolling back: a reader following the feed sees every committed event exactly once, in the final order', async (t) => {
   const start = await tail();
-  const { rows: [mark] } = await app.database.pool.query<{ id: number | null }>('SELECT max(id)::int AS id FROM events');
+  const {
+    rows: [mark],
+  } = await app.database.pool.query<{ id: number | null }>('SELECT max(id)::int AS id FROM events');
   const committed = new Set<number>();
   const rolledBack = new Set<number>();
   const commitOrder: string[] = [];
@@ -107,11 +116,15 @@ test.serial('many writers committing out of order, some rolling back: a reader f
           if (kind === 0) {
             await client.query(`INSERT INTO users (name, email) VALUES ($1, $2)`, [`Writer ${w}`, email()]);
           } else if (kind === 1) {
-            const { rows: [user] } = await client.query<{ id: number }>(`INSERT INTO users (name, email) VALUES ($1, $2) RETURNING id`, [`Owner ${w}`, email()]);
-            const { rows: [subscription] } = await client.query<{ id: number }>(
-              `INSERT INTO subscriptions (user_id, status, plan_cost, start_date) VALUES ($1, 'active', $2, '2026-03-01') RETURNING id`,
-              [user!.id, `${1 + random(99)}.99`],
-            );
+            const {
+              rows: [user],
+            } = await client.query<{ id: number }>(`INSERT INTO users (name, email) VALUES ($1, $2) RETURNING id`, [`Owner ${w}`, email()]);
+            const {
+              rows: [subscription],
+            } = await client.query<{ id: number }>(`INSERT INTO subscriptions (user_id, status, plan_cost, start_date) VALUES ($1, 'active', $2, '2026-03-01') RETURNING id`, [
+              user!.id,
+              `${1 + random(99)}.99`,
+            ]);
             await client.query(`INSERT INTO subscription_features (subscription_id, feature_id) VALUES ($1, $2)`, [subscription!.id, features[random(3)]!.id]);
           } else if (kind === 2) {
             await client.query(`UPDATE subscriptions SET status = 'past_due' WHERE id = (SELECT max(id) FROM subscriptions WHERE status = 'active')`);
@@ -122,7 +135,9 @@ test.serial('many writers committing out of order, some rolling back: a reader f
           await sleep(random(40));
         }
         const own = await ownEvents(client);
-        const { rows: [x] } = await client.query<{ xid: string }>('SELECT pg_current_xact_id()::text AS xid');
+        const {
+          rows: [x],
+        } = await client.query<{ xid: string }>('SELECT pg_current_xact_id()::text AS xid');
         if (random(4) === 0) {
           await client.query('ROLLBACK');
           own.forEach((id) => rolledBack.add(id));
@@ -149,7 +164,9 @@ test.serial('many writers committing out of order, some rolling back: a reader f
       await client.query('BEGIN');
       await client.query(`INSERT INTO users (name, email) VALUES ('Long', $1)`, [email()]);
       const own = await ownEvents(client);
-      const { rows: [x] } = await client.query<{ xid: string }>('SELECT pg_current_xact_id()::text AS xid');
+      const {
+        rows: [x],
+      } = await client.query<{ xid: string }>('SELECT pg_current_xact_id()::text AS xid');
       await sleep(400);
       await client.query('COMMIT');
       own.forEach((id) => committed.add(id));
@@ -198,7 +215,10 @@ test.serial('many writers committing out of order, some rolling back: a reader f
   t.deepEqual(ids, await tableOrder(mark!.id ?? undefined, ids.at(-1)!));
   // And the same sequence as one final read from the same start.
   const final = await readFeed(app, { cursor: start, limit: 500 });
-  t.deepEqual(final.events.slice(0, ids.length).map((e) => e.id), ids);
+  t.deepEqual(
+    final.events.slice(0, ids.length).map((e) => e.id),
+    ids,
+  );
 
   // The scenario did what it claims: ids were given out of commit order.
   const sortedIds = [...ids].sort((a, b) => a - b);
@@ -217,10 +237,16 @@ test.serial('an unfiltered page that is empty answers the same cursor; Link is s
   const users = [await createUser(), await createUser(), await createUser()];
   await feedCaughtUp(app);
   const first = await eventPage(app, { cursor, limit: 2 });
-  t.deepEqual(first.data.map((e) => e.object_id), users.slice(0, 2).map((u) => String(u.id)));
+  t.deepEqual(
+    first.data.map((e) => e.object_id),
+    users.slice(0, 2).map((u) => String(u.id)),
+  );
   t.true(first.link?.includes(`cursor=${first.next_cursor}`) && first.link.endsWith('rel="next"'), first.link ?? 'no Link');
   const second = await eventPage(app, { cursor: first.next_cursor, limit: 2 });
-  t.deepEqual(second.data.map((e) => e.object_id), [String(users[2]!.id)]);
+  t.deepEqual(
+    second.data.map((e) => e.object_id),
+    [String(users[2]!.id)],
+  );
   t.is(second.link, null, 'the last page has no Link');
   t.truthy(second.next_cursor, 'but a cursor to poll');
   const polled = await eventPage(app, { cursor: second.next_cursor, limit: 2 });
@@ -233,7 +259,10 @@ test('the first page starts at the oldest event, and pages chain in (transaction
   await feedCaughtUp(app);
   const { events, pages } = await readFeed(app, { limit: 3 });
   t.true(pages > 1);
-  t.deepEqual(events.map((e) => e.id), (await tableOrder(undefined, events.at(-1)!.id)));
+  t.deepEqual(
+    events.map((e) => e.id),
+    await tableOrder(undefined, events.at(-1)!.id),
+  );
 });
 
 test('filters: type (repeatable, with prefixes), object_type, object_id, user_id and the occurred_at range', async (t) => {
@@ -251,7 +280,11 @@ test('filters: type (repeatable, with prefixes), object_type, object_id, user_id
   const expect = async (query: Parameters<typeof readFeed>[1], keep: (e: Event) => boolean, what: string) => {
     const { events } = await readFeed(app, { ...query, limit: 4 });
     const upTo = events.filter((e) => everything.some((x) => x.id === e.id));
-    t.deepEqual(upTo.map((e) => e.id), everything.filter(keep).map((e) => e.id), what);
+    t.deepEqual(
+      upTo.map((e) => e.id),
+      everything.filter(keep).map((e) => e.id),
+      what,
+    );
     t.true(upTo.length > 0, `${what}: something matched`);
     return events;
   };
@@ -260,14 +293,21 @@ test('filters: type (repeatable, with prefixes), object_type, object_id, user_id
   await expect({ type: ['subscription.*'] }, (e) => e.type.startsWith('subscription.'), 'subscription.* (not subscription_feature.*)');
   await expect({ type: ['subscription_feature.*', 'user.*'] }, (e) => e.object_type === 'subscription_feature' || e.object_type === 'user', 'two prefixes');
   await expect({ object_type: 'subscription_feature' }, (e) => e.object_type === 'subscription_feature', 'object_type');
-  await expect({ object_type: 'subscription', object_id: String(subscription!.id) }, (e) => e.object_type === 'subscription' && e.object_id === String(subscription!.id), 'one object');
+  await expect(
+    { object_type: 'subscription', object_id: String(subscription!.id) },
+    (e) => e.object_type === 'subscription' && e.object_id === String(subscription!.id),
+    'one object',
+  );
   await expect({ object_id: `${subscription!.id}:${feature!.id}` }, (e) => e.object_id === `${subscription!.id}:${feature!.id}`, 'a link');
   const belongs = (e: Event) =>
     (e.object_type === 'user' && e.object_id === String(user.id)) ||
     (e.object_type === 'subscription' && e.object_id === String(subscription!.id)) ||
     (e.object_type === 'subscription_feature' && e.object_id.startsWith(`${subscription!.id}:`));
   const mine = await expect({ user_id: user.id }, belongs, 'user_id');
-  t.deepEqual(mine.map((e) => e.type), ['user.created', 'subscription.created', 'subscription_feature.attached', 'subscription.updated']);
+  t.deepEqual(
+    mine.map((e) => e.type),
+    ['user.created', 'subscription.created', 'subscription_feature.attached', 'subscription.updated'],
+  );
   const at = everything.find((e) => e.object_id === String(subscription!.id) && e.type === 'subscription.updated')!.occurred_at;
   await expect({ occurred_from: at }, (e) => e.occurred_at >= at, 'occurred_from (inclusive)');
   await expect({ occurred_to: at }, (e) => e.occurred_at <= at, 'occurred_to (inclusive)');
@@ -287,7 +327,10 @@ test('a filtered feed moves its cursor past events that did not match, and polli
   await app.client.PATCH('/users/{id}', { params: { path: { id: user.id } }, body: { name: 'Polled' } });
   await feedCaughtUp(app);
   const next = await eventPage(app, { user_id: user.id, type: ['user.updated'], limit: 5, cursor: first.cursor });
-  t.deepEqual(next.data.map((e) => [e.type, e.object_id]), [['user.updated', String(user.id)]]);
+  t.deepEqual(
+    next.data.map((e) => [e.type, e.object_id]),
+    [['user.updated', String(user.id)]],
+  );
   t.not(next.next_cursor, first.cursor);
 });
 
@@ -297,7 +340,10 @@ test('a cursor continues only the list it came from; a tampered one is a 400', a
   const { cursor } = await readFeed(app, { user_id: user.id });
   const elsewhere = await app.fetch(`/api/events?cursor=${encodeURIComponent(cursor)}`);
   t.is(elsewhere.status, 400);
-  t.deepEqual((await elsewhere.json()).errors.map((e: { parameter: string }) => e.parameter), ['cursor']);
+  t.deepEqual(
+    (await elsewhere.json()).errors.map((e: { parameter: string }) => e.parameter),
+    ['cursor'],
+  );
   const tampered = cursor.slice(0, 5) + (cursor[5] === 'A' ? 'B' : 'A') + cursor.slice(6);
   const response = await app.fetch(`/api/events?user_id=${user.id}&cursor=${encodeURIComponent(tampered)}`);
   t.is(response.status, 400);
@@ -317,7 +363,11 @@ test('invalid filters are a 400 naming the parameter', async (t) => {
   ] as const) {
     const response = await app.fetch(`/api/events?${query}`);
     t.is(response.status, 400, query);
-    t.deepEqual((await response.json()).errors.map((e: { parameter: string }) => e.parameter), [parameter], query);
+    t.deepEqual(
+      (await response.json()).errors.map((e: { parameter: string }) => e.parameter),
+      [parameter],
+      query,
+    );
   }
 });
 
@@ -326,7 +376,9 @@ test('an event by id: 200 with an ETag, 404 when there is none', async (t) => {
   await feedCaughtUp(app);
   const [created] = (await readFeed(app, { object_type: 'user', object_id: String(user.id) })).events;
   // GET /events/{id} shows an event as soon as it is committed, whatever the feed's horizon.
-  const { rows: [row] } = await app.database.pool.query<{ id: number }>(`SELECT id FROM events WHERE object_type = 'user' AND object_id = $1`, [String(user.id)]);
+  const {
+    rows: [row],
+  } = await app.database.pool.query<{ id: number }>(`SELECT id FROM events WHERE object_type = 'user' AND object_id = $1`, [String(user.id)]);
   const { data, response } = await app.client.GET('/events/{id}', { params: { path: { id: row!.id } } });
   t.is(response.status, 200);
   t.truthy(response.headers.get('etag'));

@@ -48,14 +48,18 @@ test('every event type shows the object exactly as the API does, and an update t
 
   const renamed = (await app.client.PATCH('/users/{id}', { params: { path: { id: user.id } }, body: { name: unique('Ada King') } })).data!;
   const described = (await app.client.PATCH('/features/{id}', { params: { path: { id: feature.id } }, body: { description: 'Texts' } })).data!;
-  const canceled = (await app.client.PATCH('/subscriptions/{id}', {
-    params: { path: { id: subscription.id } },
-    body: { status: 'canceled', end_date: '2026-06-30', plan_cost: 25 },
-  })).data!;
-  const limited = (await app.client.PATCH('/subscriptions/{id}/features/{feature_id}', {
-    params: { path: { id: subscription.id, feature_id: feature.id } },
-    body: { usage_limit: 500 },
-  })).data!;
+  const canceled = (
+    await app.client.PATCH('/subscriptions/{id}', {
+      params: { path: { id: subscription.id } },
+      body: { status: 'canceled', end_date: '2026-06-30', plan_cost: 25 },
+    })
+  ).data!;
+  const limited = (
+    await app.client.PATCH('/subscriptions/{id}/features/{feature_id}', {
+      params: { path: { id: subscription.id, feature_id: feature.id } },
+      body: { usage_limit: 500 },
+    })
+  ).data!;
   await app.client.DELETE('/subscriptions/{id}/features/{feature_id}', { params: { path: { id: subscription.id, feature_id: feature.id } } });
   await app.client.DELETE('/subscriptions/{id}', { params: { path: { id: subscription.id } } });
   await app.client.DELETE('/features/{id}', { params: { path: { id: feature.id } } });
@@ -147,10 +151,9 @@ test('deleting a user records the deletion of the user, then of its subscription
       `subscription_feature.detached ${second.id}:${f1.id}`,
     ],
   );
-  const { rows } = await app.database.pool.query<{ transactions: string }>(
-    'SELECT count(DISTINCT xid) AS transactions FROM events WHERE id = ANY($1)',
-    [after.events.map((e) => e.id)],
-  );
+  const { rows } = await app.database.pool.query<{ transactions: string }>('SELECT count(DISTINCT xid) AS transactions FROM events WHERE id = ANY($1)', [
+    after.events.map((e) => e.id),
+  ]);
   t.is(Number(rows[0]!.transactions), 1, 'one transaction');
 });
 
@@ -172,7 +175,11 @@ test('bulk statements record one event per row, numbered in key order, and each 
     const events = byType(type);
     t.is(events.length, 40, type);
     t.is(new Set(events.map((e) => e.xid)).size, 1, `${type}: one statement, one transaction`);
-    t.deepEqual(events.map((e) => Number(e.object_id)), [...ids].sort((a, b) => a - b), `${type}: in key order`);
+    t.deepEqual(
+      events.map((e) => Number(e.object_id)),
+      [...ids].sort((a, b) => a - b),
+      `${type}: in key order`,
+    );
   }
   const updates = await eventsAbout(app, 'user', ids[7]!);
   t.deepEqual(updates[1]!.data.previous_attributes, { name: `Bulk 8`, updated_at: (updates[0]!.data.object as { updated_at: string }).updated_at });
@@ -185,14 +192,20 @@ test('a rolled-back transaction leaves no event; a rolled-back savepoint leaves 
   const dropped: number[] = [];
   try {
     await client.query('BEGIN');
-    const { rows: [a] } = await client.query<{ id: number }>(`INSERT INTO users (name, email) VALUES ('Gone', $1) RETURNING id`, [email()]);
+    const {
+      rows: [a],
+    } = await client.query<{ id: number }>(`INSERT INTO users (name, email) VALUES ('Gone', $1) RETURNING id`, [email()]);
     dropped.push(a!.id);
     await client.query('ROLLBACK');
     await client.query('BEGIN');
-    const { rows: [b] } = await client.query<{ id: number }>(`INSERT INTO users (name, email) VALUES ('Kept', $1) RETURNING id`, [email()]);
+    const {
+      rows: [b],
+    } = await client.query<{ id: number }>(`INSERT INTO users (name, email) VALUES ('Kept', $1) RETURNING id`, [email()]);
     kept = b!.id;
     await client.query('SAVEPOINT s');
-    const { rows: [c] } = await client.query<{ id: number }>(`INSERT INTO users (name, email) VALUES ('Undone', $1) RETURNING id`, [email()]);
+    const {
+      rows: [c],
+    } = await client.query<{ id: number }>(`INSERT INTO users (name, email) VALUES ('Undone', $1) RETURNING id`, [email()]);
     await client.query(`UPDATE users SET name = 'Undone too' WHERE id = $1`, [kept]);
     dropped.push(c!.id);
     await client.query('ROLLBACK TO SAVEPOINT s');
@@ -234,11 +247,14 @@ test('replacing the feature set records exactly the links attached, changed and 
   });
   await feedCaughtUp(app);
   const after = await readFeed(app, { user_id: user.id, limit: 500, cursor: before.cursor });
-  t.deepEqual(after.events.map((e) => `${e.type} ${e.object_id}`).sort(), [
-    `subscription_feature.attached ${subscription.id}:${add.id}`,
-    `subscription_feature.detached ${subscription.id}:${drop.id}`,
-    `subscription_feature.updated ${subscription.id}:${change.id}`,
-  ].sort());
+  t.deepEqual(
+    after.events.map((e) => `${e.type} ${e.object_id}`).sort(),
+    [
+      `subscription_feature.attached ${subscription.id}:${add.id}`,
+      `subscription_feature.detached ${subscription.id}:${drop.id}`,
+      `subscription_feature.updated ${subscription.id}:${change.id}`,
+    ].sort(),
+  );
   const updated = after.events.find((e) => e.type === 'subscription_feature.updated')!;
   t.like(updated.data.previous_attributes, { usage_limit: null });
 });
@@ -276,20 +292,24 @@ test.serial('TRUNCATE records the deletion of every row it removes', async (t) =
   const user = await createUser();
   const feature = await createFeature();
   const subscription = await createSubscription(user.id, [feature.id]);
-  const { rows: [counts] } = await app.database.pool.query<{ users: string; subscriptions: string; links: string }>(
+  const {
+    rows: [counts],
+  } = await app.database.pool.query<{ users: string; subscriptions: string; links: string }>(
     'SELECT (SELECT count(*) FROM users) AS users, (SELECT count(*) FROM subscriptions) AS subscriptions, (SELECT count(*) FROM subscription_features) AS links',
   );
-  const { rows: [mark] } = await app.database.pool.query<{ id: number }>('SELECT coalesce(max(id), 0)::int AS id FROM events');
+  const {
+    rows: [mark],
+  } = await app.database.pool.query<{ id: number }>('SELECT coalesce(max(id), 0)::int AS id FROM events');
   await app.database.pool.query('TRUNCATE users CASCADE');
-  const { rows } = await app.database.pool.query<{ type: string; n: string }>(
-    'SELECT type, count(*) AS n FROM events WHERE id > $1 GROUP BY type ORDER BY type',
-    [mark!.id],
+  const { rows } = await app.database.pool.query<{ type: string; n: string }>('SELECT type, count(*) AS n FROM events WHERE id > $1 GROUP BY type ORDER BY type', [mark!.id]);
+  t.deepEqual(
+    rows.map((r) => [r.type, Number(r.n)]),
+    [
+      ['subscription.deleted', Number(counts!.subscriptions)],
+      ['subscription_feature.detached', Number(counts!.links)],
+      ['user.deleted', Number(counts!.users)],
+    ],
   );
-  t.deepEqual(rows.map((r) => [r.type, Number(r.n)]), [
-    ['subscription.deleted', Number(counts!.subscriptions)],
-    ['subscription_feature.detached', Number(counts!.links)],
-    ['user.deleted', Number(counts!.users)],
-  ]);
   const detached = await eventsAbout(app, 'subscription_feature', `${subscription.id}:${feature.id}`);
   t.is(detached.at(-1)!.type, 'subscription_feature.detached');
 });
@@ -319,7 +339,10 @@ test('the seed writes the history its rows imply, and replaying it gives the row
 
   // In the feed's order, the seeded history is in time order.
   const times = events.map((e) => e.occurred_at.getTime());
-  t.deepEqual(times, [...times].sort((a, b) => a - b));
+  t.deepEqual(
+    times,
+    [...times].sort((a, b) => a - b),
+  );
 
   const { toUser } = await import('../src/resources/users.js');
   const { toFeature } = await import('../src/resources/features.js');
@@ -353,6 +376,8 @@ test('the seed writes the history its rows imply, and replaying it gives the row
 
   // Writes after the seed are recorded again (its triggers are back).
   await database.pool.query(`UPDATE users SET name = 'After the seed' WHERE id = 1`);
-  const { rows: [last] } = await database.pool.query(`SELECT type FROM events WHERE object_type = 'user' AND object_id = '1' ORDER BY id DESC LIMIT 1`);
+  const {
+    rows: [last],
+  } = await database.pool.query(`SELECT type FROM events WHERE object_type = 'user' AND object_id = '1' ORDER BY id DESC LIMIT 1`);
   t.is(last.type, 'user.updated');
 });

@@ -53,12 +53,13 @@ CREATE TABLE events (
     'feature.created', 'feature.updated', 'feature.deleted',
     'subscription_feature.attached', 'subscription_feature.updated', 'subscription_feature.detached')),
   CONSTRAINT events_object_type_check CHECK (object_type = split_part(type, '.', 1)),
-  -- num_nonnulls: a row value with a null field is still a value (IS NULL would say otherwise).
+  -- Exactly the object column of object_type is set. num_nonnulls: a row value with a null field
+  -- is still a value (IS NULL would say otherwise).
   CONSTRAINT events_object_check CHECK (
     num_nonnulls(object_user, object_feature, object_subscription, object_subscription_feature) = 1
-    AND num_nonnulls(CASE object_type WHEN 'user' THEN object_user::text WHEN 'feature' THEN object_feature::text
-                                      WHEN 'subscription' THEN object_subscription::text
-                                      ELSE object_subscription_feature::text END) = 1)
+    AND CASE object_type WHEN 'user' THEN num_nonnulls(object_user) WHEN 'feature' THEN num_nonnulls(object_feature)
+                         WHEN 'subscription' THEN num_nonnulls(object_subscription)
+                         ELSE num_nonnulls(object_subscription_feature) END = 1)
 );
 -- The feed's order: every page is a range scan from the cursor (xid, id) up to the horizon.
 CREATE INDEX events_feed_idx ON events (xid, id);

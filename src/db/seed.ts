@@ -186,11 +186,12 @@ export async function seedDatabase(pool: pg.Pool, parameters: SeedParameters, op
     const { rows: [history] } = await client.query<{ present: boolean }>(`SELECT to_regprocedure('history_record_implied()') IS NOT NULL AS present`);
     recordsHistory = history?.present === true;
     const { rows: historyKeys } = await client.query<SetAside>(SET_ASIDE, [recordsHistory ? ['events'] : []]);
+    // The old history goes first, with whatever refers to it (its deliveries), while the foreign
+    // keys still say what that is. Event ids go on from where they were: never reused.
+    if (recordsHistory) await client.query('TRUNCATE events CASCADE');
     // Foreign keys first: they depend on the keys they reference.
     for (const s of [...ofKind('trigger', 'foreign key'), ...ofKind('key', 'index'), ...analyticsKeys, ...historyKeys]) await client.query(s.drop_sql);
     await client.query(`TRUNCATE ${[...SEEDED_TABLES, ...analyticsTables].join(', ')} RESTART IDENTITY`);
-    // Event ids go on from where they were: an id, once given to an event, is never reused.
-    if (recordsHistory) await client.query('TRUNCATE events');
     done(
       `set aside ${ofKind('key', 'index').length + analyticsKeys.length} keys and indexes, ${ofKind('foreign key').length} foreign keys, ` +
         `${ofKind('trigger').length} triggers; truncated`,
@@ -224,7 +225,9 @@ export async function seedDatabase(pool: pg.Pool, parameters: SeedParameters, op
       done(`analytics_rebuild() and ${analyticsKeys.length} keys and indexes`);
     }
     if (historyKeys.length) {
-      for (const s of historyKeys) await client.query(s.restore_sql);
+      // Its keys before the foreign keys that reference them, its triggers last.
+      const order: SetAside['kind'][] = ['key', 'index', 'foreign key', 'trigger'];
+      for (const s of historyKeys.sort((a, b) => order.indexOf(a.kind) - order.indexOf(b.kind))) await client.query(s.restore_sql);
       done(`history: ${historyKeys.filter((s) => s.kind !== 'trigger').length} keys and indexes`);
     }
     for (const s of ofKind('foreign key')) await client.query(s.restore_sql);
@@ -244,7 +247,9 @@ export async function seedDatabase(pool: pg.Pool, parameters: SeedParameters, op
   const vacuum = await pool.connect();
   try {
     await vacuum.query('SET statement_timeout = 0');
-    await vacuum.query(`VACUUM (ANALYZE) ${[...SEEDED_TABLES, ...(recordsHistory ? ['events'] : [])].join(', ')}`);
+    await vacuum.query(`VACUUM (ANALYZE) ${SEEDED_TABLES.join(', ')}`);
+    // Statistics for the feed's filters; nothing reads events by index only, so no VACUUM for it.
+    if (recordsHistory) await vacuum.query('ANALYZE events');
   } finally {
     await vacuum.query('RESET statement_timeout').catch(() => {});
     vacuum.release();

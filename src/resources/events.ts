@@ -26,24 +26,25 @@ type TypeFilter = NonNullable<ListQuery['type']>[number];
  * The columns of an event, its object as JSON in the API's field order (the row types of migration
  * 0006 list the fields as the to* functions of the resource modules do), for any query on events.
  */
-export const eventColumns = (eb: ExpressionBuilder<Database, 'events'>) => [
-  'events.id',
-  'events.xid',
-  'events.type',
-  'events.occurred_at',
-  'events.object_type',
-  'events.object_id',
-  'events.previous_attributes',
-  eb.fn
-    .coalesce(
-      sql<Record<string, unknown>>`row_to_json(events.object_user)`,
-      sql<Record<string, unknown>>`row_to_json(events.object_feature)`,
-      sql<Record<string, unknown>>`row_to_json(events.object_subscription)`,
-      sql<Record<string, unknown>>`row_to_json(events.object_subscription_feature)`,
-    )
-    .$notNull()
-    .as('object'),
-] as const;
+export const eventColumns = (eb: ExpressionBuilder<Database, 'events'>) =>
+  [
+    'events.id',
+    'events.xid',
+    'events.type',
+    'events.occurred_at',
+    'events.object_type',
+    'events.object_id',
+    'events.previous_attributes',
+    eb.fn
+      .coalesce(
+        sql<Record<string, unknown>>`row_to_json(events.object_user)`,
+        sql<Record<string, unknown>>`row_to_json(events.object_feature)`,
+        sql<Record<string, unknown>>`row_to_json(events.object_subscription)`,
+        sql<Record<string, unknown>>`row_to_json(events.object_subscription_feature)`,
+      )
+      .$notNull()
+      .as('object'),
+  ] as const;
 
 /** The fields the database keeps as timestamps; the API writes them as toISOString() does. */
 const TIMESTAMPS = new Set(['created_at', 'updated_at', 'added_at']);
@@ -77,15 +78,22 @@ export function toEvent(row: EventRow): Event {
 
 /** Every event type, for expanding `subscription.*` and the like. */
 const EVENT_TYPES: readonly EventType[] = [
-  'user.created', 'user.updated', 'user.deleted',
-  'subscription.created', 'subscription.updated', 'subscription.deleted',
-  'feature.created', 'feature.updated', 'feature.deleted',
-  'subscription_feature.attached', 'subscription_feature.updated', 'subscription_feature.detached',
+  'user.created',
+  'user.updated',
+  'user.deleted',
+  'subscription.created',
+  'subscription.updated',
+  'subscription.deleted',
+  'feature.created',
+  'feature.updated',
+  'feature.deleted',
+  'subscription_feature.attached',
+  'subscription_feature.updated',
+  'subscription_feature.detached',
 ];
 
 /** `subscription.*` is every type of that object (the dot keeps subscription_feature.* out). */
-const expandTypes = (filters: TypeFilter[]): EventType[] =>
-  EVENT_TYPES.filter((type) => filters.some((f) => (f.endsWith('.*') ? type.startsWith(f.slice(0, -1)) : type === f)));
+const expandTypes = (filters: TypeFilter[]): EventType[] => EVENT_TYPES.filter((type) => filters.some((f) => (f.endsWith('.*') ? type.startsWith(f.slice(0, -1)) : type === f)));
 
 /**
  * A position in the feed: after the event (xid, id). The feed's order is the writing transaction's
@@ -122,7 +130,10 @@ export function eventPageQuery(db: Kysely<Database>, query: ListQuery, after: Fe
     .selectFrom('horizon')
     .leftJoinLateral(
       (eb) => {
-        let page = eb.selectFrom('events').select(eventColumns).where(sql<boolean>`events.xid < horizon.xmin`);
+        let page = eb
+          .selectFrom('events')
+          .select(eventColumns)
+          .where(sql<boolean>`events.xid < horizon.xmin`);
         // A row comparison: one range condition on the index (xid, id), or on (user_id | object_id, xid, id).
         if (after) page = page.where(sql<boolean>`(events.xid, events.id) > (${after.xid}::xid8, ${after.id}::bigint)`);
         if (query.type !== undefined) page = page.where('events.type', 'in', expandTypes(query.type));
@@ -131,7 +142,11 @@ export function eventPageQuery(db: Kysely<Database>, query: ListQuery, after: Fe
         if (query.user_id !== undefined) page = page.where('events.user_id', '=', query.user_id);
         if (query.occurred_from !== undefined) page = page.where(sql<boolean>`events.occurred_at >= ${query.occurred_from}::timestamptz`);
         if (query.occurred_to !== undefined) page = page.where(sql<boolean>`events.occurred_at <= ${query.occurred_to}::timestamptz`);
-        return page.orderBy('events.xid').orderBy('events.id').limit(limit + 1).as('e');
+        return page
+          .orderBy('events.xid')
+          .orderBy('events.id')
+          .limit(limit + 1)
+          .as('e');
       },
       (join) => join.onTrue(),
     )

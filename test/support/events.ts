@@ -13,13 +13,14 @@ const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
  * transaction anywhere holds the feed back, by design). The timeout only guards against a hang.
  */
 export async function feedCaughtUp(app: TestApp, timeoutMs = 60_000): Promise<void> {
-  const { rows: [marker] } = await app.database.pool.query<{ xid: string }>('SELECT pg_current_xact_id()::text AS xid');
+  const {
+    rows: [marker],
+  } = await app.database.pool.query<{ xid: string }>('SELECT pg_current_xact_id()::text AS xid');
   const deadline = Date.now() + timeoutMs;
   for (;;) {
-    const { rows: [state] } = await app.database.pool.query<{ passed: boolean }>(
-      'SELECT pg_snapshot_xmin(pg_current_snapshot()) > $1::xid8 AS passed',
-      [marker!.xid],
-    );
+    const {
+      rows: [state],
+    } = await app.database.pool.query<{ passed: boolean }>('SELECT pg_snapshot_xmin(pg_current_snapshot()) > $1::xid8 AS passed', [marker!.xid]);
     if (state!.passed) return;
     if (Date.now() > deadline) throw new Error(`the feed did not pass transaction ${marker!.xid} within ${timeoutMs} ms`);
     await sleep(10);
