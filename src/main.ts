@@ -6,7 +6,12 @@ import { serveClusterMetrics } from './http/metrics.js';
 import { prepareDatabase, startService } from './service.js';
 
 const config = loadConfig();
-const log = pino({ level: config.logLevel });
+// Log lines are written to stdout asynchronously: under load, lines that arrive while a write is in
+// flight go out together in the next one, instead of one blocking write per request. What is still
+// buffered when the process exits is written synchronously then.
+const destination = pino.destination({ dest: 1, sync: false });
+process.on('exit', () => destination.flushSync());
+const log = pino({ level: config.logLevel }, destination);
 
 const fail = (err: unknown): never => {
   console.error(`could not start: ${err instanceof Error ? err.message : String(err)}`);
