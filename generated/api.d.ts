@@ -369,6 +369,141 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/webhook-endpoints": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * List webhook endpoints
+         * @description Registered endpoints in ascending `id` order, keyset-paginated. The signing secret is never shown here.
+         */
+        get: operations["listWebhookEndpoints"];
+        put?: never;
+        /**
+         * Register a webhook endpoint
+         * @description Registers a URL to which every event of the given types is delivered, signed as the
+         *     Standard Webhooks specification says (`webhook-id`, `webhook-timestamp`,
+         *     `webhook-signature: v1,<base64 HMAC-SHA256 of "id.timestamp.body">`), the body being the
+         *     event exactly as `GET /events/{id}` shows it.
+         *
+         *     The answer holds the signing `secret` (`whsec_` + base64): **it is shown only here**; keep it.
+         *
+         *     **What is delivered.** Every event of a subscribed type committed after the endpoint is
+         *     registered (a few committed just before may be included), in the order of the event feed
+         *     (`GET /events`), each until the receiver answers `2xx`: at least once, retried on any other
+         *     status, on a network error and on a timeout (10 s by default), first within 10 s, then with
+         *     exponential backoff capped at one hour, for at least 24 hours, after which the delivery is
+         *     given up (`failed`). **Order per endpoint:** an endpoint's next event is not sent before the
+         *     previous one succeeded or was given up, so a failing event holds back the endpoint's later
+         *     ones. Receivers should de-duplicate by `webhook-id` (a retry repeats it).
+         *
+         *     **Targets.** Only `http` and `https` URLs whose host is a public address: loopback, private,
+         *     link-local, shared, multicast and other reserved addresses are refused (`400` naming `/url`),
+         *     here and again when each delivery connects (every address the name resolves to is checked,
+         *     and the checked address is the one connected to), unless the service runs with
+         *     `WEBHOOK_ALLOW_PRIVATE=1`.
+         */
+        post: operations["createWebhookEndpoint"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/webhook-endpoints/{id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The object's id. */
+                id: components["parameters"]["Id"];
+            };
+            cookie?: never;
+        };
+        /**
+         * Get a webhook endpoint
+         * @description One endpoint (without its secret), with an `ETag` for conditional updates.
+         */
+        get: operations["getWebhookEndpoint"];
+        put?: never;
+        post?: never;
+        /**
+         * Delete a webhook endpoint
+         * @description Stops every delivery to it at once and deletes its delivery log.
+         */
+        delete: operations["deleteWebhookEndpoint"];
+        options?: never;
+        head?: never;
+        /**
+         * Update a webhook endpoint
+         * @description JSON merge patch of `url`, `event_types`, `enabled` and `description`. New types and a new
+         *     URL apply from the endpoint's next delivery on (a delivery being retried goes to the new URL).
+         *     A disabled endpoint receives nothing and keeps its place in the feed: enabled again, it
+         *     resumes there, delivering in order the events committed meanwhile. The secret never changes.
+         */
+        patch: operations["updateWebhookEndpoint"];
+        trace?: never;
+    };
+    "/webhook-endpoints/{id}/deliveries": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The object's id. */
+                id: components["parameters"]["Id"];
+            };
+            cookie?: never;
+        };
+        /**
+         * List an endpoint's deliveries and their attempts
+         * @description The delivery log: one delivery per event sent (or being sent) to this endpoint, newest first,
+         *     each with every attempt made (status code, duration, error) and when the next one is due.
+         *     An event becomes a delivery when its turn comes (the previous one succeeded or was given up),
+         *     so at most one delivery per endpoint is `pending` at a time.
+         */
+        get: operations["listWebhookDeliveries"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/webhook-endpoints/{id}/deliveries/{delivery_id}/retry": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The object's id. */
+                id: components["parameters"]["Id"];
+                /** @description The delivery's id (from the delivery log). */
+                delivery_id: components["schemas"]["Id"];
+            };
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Redeliver now
+         * @description Sends the delivery again now, off the request path (the answer does not wait for the
+         *     receiver; the attempt appears in the delivery log, marked `manual`). A `pending` delivery
+         *     (being retried) is attempted now instead of at its next scheduled time, and keeps its
+         *     schedule if that fails. A `failed` or `succeeded` one gets one more attempt, with the same
+         *     `webhook-id`; it does not hold back the endpoint's other deliveries (so it may arrive after
+         *     later events), and a `2xx` marks a failed delivery `succeeded`. A disabled endpoint sends
+         *     nothing: the answer is `409`.
+         */
+        post: operations["retryWebhookDelivery"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
 }
 export type webhooks = Record<string, never>;
 export interface components {
@@ -1275,6 +1410,240 @@ export interface components {
             data: components["schemas"]["Event"][];
             /** @description Where the next page starts; never `null` on this list. On the last page, where to poll for newer events. */
             next_cursor: string;
+        };
+        /**
+         * @description An event type (`subscription.updated`), or every type of one object: `user.*`,
+         *     `subscription.*`, `feature.*`, `subscription_feature.*` (`subscription.*` does not include
+         *     `subscription_feature.*`).
+         * @enum {string}
+         */
+        WebhookEventType: "user.*" | "user.created" | "user.updated" | "user.deleted" | "subscription.*" | "subscription.created" | "subscription.updated" | "subscription.deleted" | "feature.*" | "feature.created" | "feature.updated" | "feature.deleted" | "subscription_feature.*" | "subscription_feature.attached" | "subscription_feature.updated" | "subscription_feature.detached";
+        /** @description The event types delivered to the endpoint (at least one). */
+        WebhookEventTypes: components["schemas"]["WebhookEventType"][];
+        /**
+         * @description Where deliveries are POSTed: an absolute `http` or `https` URL (no `#fragment`) whose host is
+         *     a public address or a name that resolves only to public addresses.
+         */
+        WebhookUrl: string;
+        /** @description A note for people (what receives these events). */
+        WebhookDescription: string | null;
+        /**
+         * @example {
+         *       "url": "https://hooks.example.com/subscriptions",
+         *       "event_types": [
+         *         "subscription.*",
+         *         "user.deleted"
+         *       ],
+         *       "description": "Billing system"
+         *     }
+         */
+        WebhookEndpointCreate: {
+            url: components["schemas"]["WebhookUrl"];
+            event_types: components["schemas"]["WebhookEventTypes"];
+            description?: components["schemas"]["WebhookDescription"];
+        };
+        /**
+         * @description The fields to change.
+         * @example {
+         *       "enabled": false
+         *     }
+         */
+        WebhookEndpointPatch: {
+            url?: components["schemas"]["WebhookUrl"];
+            event_types?: components["schemas"]["WebhookEventTypes"];
+            /** @description `false` stops deliveries (the endpoint keeps its place in the feed); `true` resumes them. */
+            enabled?: boolean;
+            description?: components["schemas"]["WebhookDescription"];
+        };
+        /**
+         * @description A registered receiver of events.
+         * @example {
+         *       "id": 7,
+         *       "url": "https://hooks.example.com/subscriptions",
+         *       "event_types": [
+         *         "subscription.*",
+         *         "user.deleted"
+         *       ],
+         *       "description": "Billing system",
+         *       "enabled": true,
+         *       "created_at": "2026-12-01T09:30:00.000Z",
+         *       "updated_at": "2026-12-01T09:30:00.000Z"
+         *     }
+         */
+        WebhookEndpoint: {
+            id: components["schemas"]["Id"];
+            url: components["schemas"]["WebhookUrl"];
+            event_types: components["schemas"]["WebhookEventTypes"];
+            description: components["schemas"]["WebhookDescription"];
+            /** @description Whether events are being delivered. */
+            enabled: boolean;
+            created_at: components["schemas"]["Timestamp"];
+            updated_at: components["schemas"]["Timestamp"];
+        };
+        /**
+         * @description A registered endpoint and, this once, its signing secret.
+         * @example {
+         *       "id": 7,
+         *       "url": "https://hooks.example.com/subscriptions",
+         *       "event_types": [
+         *         "subscription.*",
+         *         "user.deleted"
+         *       ],
+         *       "description": "Billing system",
+         *       "enabled": true,
+         *       "created_at": "2026-12-01T09:30:00.000Z",
+         *       "updated_at": "2026-12-01T09:30:00.000Z",
+         *       "secret": "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD4GeGKtTrdiU="
+         *     }
+         */
+        WebhookEndpointCreated: {
+            id: components["schemas"]["Id"];
+            url: components["schemas"]["WebhookUrl"];
+            event_types: components["schemas"]["WebhookEventTypes"];
+            description: components["schemas"]["WebhookDescription"];
+            /** @description Whether events are being delivered (always `true` at first). */
+            enabled: boolean;
+            created_at: components["schemas"]["Timestamp"];
+            updated_at: components["schemas"]["Timestamp"];
+            /**
+             * @description The signing secret, `whsec_` + base64 of 32 random bytes, as Standard Webhooks libraries
+             *     take it (`new Webhook(secret).verify(body, headers)`). Shown only in this answer.
+             */
+            secret: string;
+        };
+        /**
+         * @example {
+         *       "data": [
+         *         {
+         *           "id": 7,
+         *           "url": "https://hooks.example.com/subscriptions",
+         *           "event_types": [
+         *             "subscription.*",
+         *             "user.deleted"
+         *           ],
+         *           "description": "Billing system",
+         *           "enabled": true,
+         *           "created_at": "2026-12-01T09:30:00.000Z",
+         *           "updated_at": "2026-12-01T09:30:00.000Z"
+         *         }
+         *       ],
+         *       "next_cursor": null
+         *     }
+         */
+        WebhookEndpointList: {
+            /** @description The endpoints of this page. */
+            data: components["schemas"]["WebhookEndpoint"][];
+            next_cursor: components["schemas"]["PageCursor"];
+        };
+        /**
+         * @description `pending`: being delivered (attempts go on); `succeeded`: a receiver answered `2xx`; `failed`: given up after retrying for the retry period (24 h by default).
+         * @enum {string}
+         */
+        WebhookDeliveryStatus: "pending" | "succeeded" | "failed";
+        /** @description One HTTP request of a delivery. */
+        WebhookAttempt: {
+            /** @description The attempt's number within its delivery: 1, 2, ... */
+            attempt: number;
+            /**
+             * @description `scheduled`: the first attempt or a retry; `manual`: asked for with the retry operation.
+             * @enum {string}
+             */
+            trigger: "scheduled" | "manual";
+            attempted_at: components["schemas"]["Timestamp"];
+            /** @description Whether the receiver answered `2xx` in time. */
+            succeeded: boolean;
+            /** @description The receiver's HTTP status; `null` when none came (refused target, network error, timeout). */
+            status_code: number | null;
+            /** @description From the start of the attempt (name resolution included) to the end of the answer or the error, in milliseconds. */
+            duration_ms: number;
+            /** @description Why the attempt failed when no status says it (`timeout after 10000 ms`, a connection error, a refused address); `null` otherwise. */
+            error: string | null;
+        };
+        /**
+         * @description One event's delivery to one endpoint, with its attempts.
+         * @example {
+         *       "id": 5521,
+         *       "endpoint_id": 7,
+         *       "event_id": 90211,
+         *       "event_type": "subscription.updated",
+         *       "status": "pending",
+         *       "attempt_count": 2,
+         *       "next_attempt_at": "2026-12-01T09:30:15.000Z",
+         *       "created_at": "2026-12-01T09:30:00.000Z",
+         *       "attempts": [
+         *         {
+         *           "attempt": 1,
+         *           "trigger": "scheduled",
+         *           "attempted_at": "2026-12-01T09:30:00.020Z",
+         *           "succeeded": false,
+         *           "status_code": 503,
+         *           "duration_ms": 41,
+         *           "error": null
+         *         },
+         *         {
+         *           "attempt": 2,
+         *           "trigger": "scheduled",
+         *           "attempted_at": "2026-12-01T09:30:05.130Z",
+         *           "succeeded": false,
+         *           "status_code": null,
+         *           "duration_ms": 10002,
+         *           "error": "timeout after 10000 ms"
+         *         }
+         *       ]
+         *     }
+         */
+        WebhookDelivery: {
+            id: components["schemas"]["Id"];
+            endpoint_id: components["schemas"]["Id"];
+            /** @description The event delivered (`GET /events/{id}` shows the body sent); `webhook-id` is `evt_<event_id>`. */
+            event_id: components["schemas"]["Id"];
+            /** @description The event's type. */
+            event_type: string;
+            status: components["schemas"]["WebhookDeliveryStatus"];
+            /** @description Attempts made so far. */
+            attempt_count: number;
+            /**
+             * Format: date-time
+             * @description When the next attempt is due (`pending` deliveries, and a manual retry asked for); `null` when none is.
+             */
+            next_attempt_at: string | null;
+            /** @description When the event's turn came for this endpoint. */
+            created_at: components["schemas"]["Timestamp"];
+            /** @description Every attempt, oldest first. */
+            attempts: components["schemas"]["WebhookAttempt"][];
+        };
+        /**
+         * @example {
+         *       "data": [
+         *         {
+         *           "id": 5521,
+         *           "endpoint_id": 7,
+         *           "event_id": 90211,
+         *           "event_type": "subscription.updated",
+         *           "status": "succeeded",
+         *           "attempt_count": 1,
+         *           "next_attempt_at": null,
+         *           "created_at": "2026-12-01T09:30:00.000Z",
+         *           "attempts": [
+         *             {
+         *               "attempt": 1,
+         *               "trigger": "scheduled",
+         *               "attempted_at": "2026-12-01T09:30:00.020Z",
+         *               "succeeded": true,
+         *               "status_code": 200,
+         *               "duration_ms": 12,
+         *               "error": null
+         *             }
+         *           ]
+         *         }
+         *       ],
+         *       "next_cursor": null
+         *     }
+         */
+        WebhookDeliveryList: {
+            /** @description The deliveries of this page, newest first. */
+            data: components["schemas"]["WebhookDelivery"][];
+            next_cursor: components["schemas"]["PageCursor"];
         };
     };
     responses: {
@@ -2470,6 +2839,246 @@ export interface operations {
             400: components["responses"]["BadRequest"];
             401: components["responses"]["Unauthorized"];
             404: components["responses"]["NotFound"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    listWebhookEndpoints: {
+        parameters: {
+            query?: {
+                /** @description Page size, 1 to 500 (default 50). More than 500 is a `400`, not a silent clamp. */
+                limit?: components["parameters"]["Limit"];
+                /** @description The `next_cursor` of the previous page. Opaque and signed; a tampered one is a `400`. */
+                cursor?: components["parameters"]["Cursor"];
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description A page of endpoints. */
+            200: {
+                headers: {
+                    Link: components["headers"]["Link"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["WebhookEndpointList"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    createWebhookEndpoint: {
+        parameters: {
+            query?: never;
+            header?: {
+                /**
+                 * @description Makes a retry safe (Stripe's design): the first response to this key (2xx or 4xx) is kept
+                 *     for 24 hours and replayed to every retry with `Idempotent-Replayed: true`, creating nothing
+                 *     new. The same key with a different request is a `422`; a retry while the first request is
+                 *     still running is a `409`. Keys are scoped to the API key. 1 to 255 characters.
+                 */
+                "Idempotency-Key"?: components["parameters"]["IdempotencyKey"];
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["WebhookEndpointCreate"];
+            };
+        };
+        responses: {
+            /** @description The registered endpoint with its signing secret (shown this once); `Location` gives its URL. */
+            201: {
+                headers: {
+                    Location: components["headers"]["Location"];
+                    ETag: components["headers"]["ETag"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["WebhookEndpointCreated"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            409: components["responses"]["Conflict"];
+            413: components["responses"]["PayloadTooLarge"];
+            415: components["responses"]["UnsupportedMediaType"];
+            422: components["responses"]["IdempotencyKeyReused"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    getWebhookEndpoint: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The object's id. */
+                id: components["parameters"]["Id"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The endpoint. */
+            200: {
+                headers: {
+                    ETag: components["headers"]["ETag"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["WebhookEndpoint"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            404: components["responses"]["NotFound"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    deleteWebhookEndpoint: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description Perform the change only if the object's current `ETag` is one of these (or `*`); otherwise `412`. */
+                "If-Match"?: components["parameters"]["IfMatch"];
+            };
+            path: {
+                /** @description The object's id. */
+                id: components["parameters"]["Id"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Deleted. */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            404: components["responses"]["NotFound"];
+            412: components["responses"]["PreconditionFailed"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    updateWebhookEndpoint: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description Perform the change only if the object's current `ETag` is one of these (or `*`); otherwise `412`. */
+                "If-Match"?: components["parameters"]["IfMatch"];
+            };
+            path: {
+                /** @description The object's id. */
+                id: components["parameters"]["Id"];
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/merge-patch+json": components["schemas"]["WebhookEndpointPatch"];
+                "application/json": components["schemas"]["WebhookEndpointPatch"];
+            };
+        };
+        responses: {
+            /** @description The updated endpoint. */
+            200: {
+                headers: {
+                    ETag: components["headers"]["ETag"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["WebhookEndpoint"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            404: components["responses"]["NotFound"];
+            412: components["responses"]["PreconditionFailed"];
+            413: components["responses"]["PayloadTooLarge"];
+            415: components["responses"]["UnsupportedMediaType"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    listWebhookDeliveries: {
+        parameters: {
+            query?: {
+                /** @description Page size, 1 to 500 (default 50). More than 500 is a `400`, not a silent clamp. */
+                limit?: components["parameters"]["Limit"];
+                /** @description The `next_cursor` of the previous page. Opaque and signed; a tampered one is a `400`. */
+                cursor?: components["parameters"]["Cursor"];
+                /** @description Only deliveries in this state. */
+                status?: components["schemas"]["WebhookDeliveryStatus"];
+                /** @description Only the delivery of this event. */
+                event_id?: components["schemas"]["Id"];
+            };
+            header?: never;
+            path: {
+                /** @description The object's id. */
+                id: components["parameters"]["Id"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description A page of deliveries, newest first. */
+            200: {
+                headers: {
+                    Link: components["headers"]["Link"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["WebhookDeliveryList"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            404: components["responses"]["NotFound"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    retryWebhookDelivery: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The object's id. */
+                id: components["parameters"]["Id"];
+                /** @description The delivery's id (from the delivery log). */
+                delivery_id: components["schemas"]["Id"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The delivery, its new attempt due now. */
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["WebhookDelivery"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            404: components["responses"]["NotFound"];
+            409: components["responses"]["Conflict"];
             429: components["responses"]["TooManyRequests"];
             503: components["responses"]["ServiceUnavailable"];
         };

@@ -1,5 +1,6 @@
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import type { WebhookSettings } from './webhooks/worker.js';
 
 /** The project's root folder (where package.json lives). */
 export const projectRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
@@ -50,6 +51,8 @@ export interface Config {
   rateLimitWindowSeconds: number;
   /** Origins allowed to call /api and read the spec from a browser (CORS_ORIGINS, comma-separated); empty: no CORS headers. */
   corsOrigins: string[];
+  /** Webhook deliveries (WEBHOOK_*; docs/webhooks.md). */
+  webhooks: WebhookSettings;
 }
 
 export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
@@ -75,5 +78,14 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     rateLimitPerMinute: intFromEnv(env, 'RATE_LIMIT_PER_MINUTE', 600),
     rateLimitWindowSeconds: intFromEnv(env, 'RATE_LIMIT_WINDOW_SECONDS', 60),
     corsOrigins: (env.CORS_ORIGINS ?? '').split(',').map((o) => o.trim()).filter(Boolean),
+    webhooks: {
+      allowPrivate: env.WEBHOOK_ALLOW_PRIVATE === '1',
+      timeoutMs: Math.max(1, intFromEnv(env, 'WEBHOOK_TIMEOUT_MS', 10_000)),
+      retryBaseMs: intFromEnv(env, 'WEBHOOK_RETRY_BASE_MS', 5_000),
+      retryMaxMs: intFromEnv(env, 'WEBHOOK_RETRY_MAX_MS', 3_600_000),
+      retryForMs: intFromEnv(env, 'WEBHOOK_RETRY_FOR_MS', 86_400_000),
+      concurrency: Math.max(1, intFromEnv(env, 'WEBHOOK_CONCURRENCY', 8)),
+      pollMs: Math.max(1, intFromEnv(env, 'WEBHOOK_POLL_MS', 100)),
+    },
   };
 }

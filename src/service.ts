@@ -10,6 +10,7 @@ import { createApp } from './http/app.js';
 import { ApiKeys, loadOrCreateKeyFile } from './http/auth.js';
 import { pruneIdempotencyKeys } from './http/idempotency.js';
 import { CursorCodec } from './http/cursor.js';
+import { WebhookWorker } from './webhooks/worker.js';
 
 export const EMBEDDED_DATABASE = 'subscriptions';
 
@@ -100,7 +101,7 @@ export async function startService(config: Config, log: Logger = pino({ level: c
     const apiKeys = generatedApiKey ? [generatedApiKey] : config.apiKeys;
     const secret = await database.db.selectFrom('service_secrets').select('value').where('name', '=', 'cursor_hmac_key').executeTakeFirstOrThrow();
     const app = await createApp(
-      { db: database.db, cursors: new CursorCodec(secret.value), log },
+      { db: database.db, cursors: new CursorCodec(secret.value), log, webhookTargets: { allowPrivate: config.webhooks.allowPrivate, lookupTimeoutMs: config.webhooks.timeoutMs } },
       {
         bodyLimitBytes: config.bodyLimitBytes,
         apiKeys: new ApiKeys(apiKeys),
@@ -120,6 +121,16 @@ export async function startService(config: Config, log: Logger = pino({ level: c
       pruneIdempotencyKeys(database.db).catch((err: unknown) => log.warn({ err }, 'pruning idempotency keys failed'));
     }, 10 * 60_000);
     pruning.unref();
+    // Webhook deliveries, off the request path, on a pool of their own: one connection per endpoint
+    // served at once and one to look for work (none is held while a receiver answers).
+    const webhookDatabase = openDatabase(databaseUrl, {
+      max: config.webhooks.concurrency + 1,
+      statementTimeoutMs: config.statementTimeoutMs,
+      connectionTimeoutMs: config.connectionTimeoutMs,
+      onError: (err) => log.warn({ err }, 'idle webhook database connection lost'),
+    });
+    const webhooks = new WebhookWorker(webhookDatabase.db, config.webhooks, log);
+    webhooks.start();
     // A client must send its whole request in time (slowloris); handlers are bounded by the
     // statement and pool timeouts instead.
     server.requestTimeout = config.requestTimeoutMs;
@@ -143,12 +154,16 @@ export async function startService(config: Config, log: Logger = pino({ level: c
       async stop() {
         draining = true;
         clearInterval(pruning);
+        // No new attempts from now on; those under way finish (bounded by their timeout) and are recorded.
+        const webhooksStopped = webhooks.stop();
         if (config.shutdownDelayMs > 0) await new Promise((resolve) => setTimeout(resolve, config.shutdownDelayMs));
         const closed = new Promise<void>((resolve) => listening.close(() => resolve()));
         listening.closeIdleConnections();
         const grace = setTimeout(() => listening.closeAllConnections(), config.shutdownGraceMs);
         await closed;
         clearTimeout(grace);
+        await webhooksStopped;
+        await webhookDatabase.close();
         await database.close();
         await embedded?.stop();
       },

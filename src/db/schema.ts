@@ -1,4 +1,5 @@
 import type { ColumnType, Generated } from 'kysely';
+import type { WebhookAttemptsTable, WebhookDeliveriesTable, WebhookEndpointsTable } from '../webhooks/tables.js';
 
 /** A timestamptz column: a Date when read, set by the database. */
 type Timestamp = ColumnType<Date, never, never>;
@@ -127,4 +128,7 @@ export interface Database {
   service_secrets: ServiceSecretsTable;
   idempotency_keys: IdempotencyKeysTable;
   events: EventsTable;
+  webhook_endpoints: WebhookEndpointsTable;
+  webhook_deliveries: WebhookDeliveriesTable;
+  webhook_attempts: WebhookAttemptsTable;
 }

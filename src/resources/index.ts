@@ -6,6 +6,7 @@ import { featureHandlers } from './features.js';
 import { subscriptionFeatureHandlers } from './subscription-features.js';
 import { subscriptionHandlers } from './subscriptions.js';
 import { userHandlers } from './users.js';
+import { webhookEndpointHandlers } from './webhook-endpoints.js';
 
 /**
  * Every operation's handler, from the resource modules: the one list a new resource is added to.
@@ -19,5 +20,6 @@ export function allHandlers(deps: Deps): OperationHandlers {
     ...subscriptionFeatureHandlers(deps),
     ...analyticsHandlers(deps),
     ...eventHandlers(deps),
+    ...webhookEndpointHandlers(deps),
   } satisfies OperationHandlers;
 }
