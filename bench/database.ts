@@ -67,7 +67,11 @@ export async function openBenchDatabase(settings: BenchSettings): Promise<BenchD
 /** Replaces the data (the seed ends with VACUUM ANALYZE), then waits until no autovacuum runs. */
 export async function seedBenchDatabase(bench: BenchDatabase, settings: BenchSettings, log: (line: string) => void): Promise<SeedSummary> {
   log(`# PostgreSQL ${bench.postgresVersion}; seeding ${settings.size.toLocaleString('en-US')} subscriptions, ${settings.users.toLocaleString('en-US')} users`);
-  const seed = await seedDatabase(bench.handle.pool, { users: settings.users, subscriptions: settings.size, features: 30, seed: 42 }, { reset: true, log: (line) => log(`#   ${line}`) });
+  const seed = await seedDatabase(
+    bench.handle.pool,
+    { users: settings.users, subscriptions: settings.size, features: 30, seed: 42 },
+    { reset: true, log: (line) => log(`#   ${line}`) },
+  );
   await waitForQuiet(bench.handle.pool, log);
   return seed;
 }
@@ -76,9 +80,7 @@ export async function seedBenchDatabase(bench: BenchDatabase, settings: BenchSet
 async function waitForQuiet(pool: pg.Pool, log: (line: string) => void): Promise<void> {
   const started = performance.now();
   for (let said = false; performance.now() - started < 300_000; said = true) {
-    const { rows } = await pool.query<{ n: number }>(
-      `SELECT count(*)::int AS n FROM pg_stat_activity WHERE backend_type = 'autovacuum worker' AND datname = current_database()`,
-    );
+    const { rows } = await pool.query<{ n: number }>(`SELECT count(*)::int AS n FROM pg_stat_activity WHERE backend_type = 'autovacuum worker' AND datname = current_database()`);
     if (rows[0]!.n === 0) return;
     if (!said) log('# waiting for autovacuum to finish before the first scenario');
     await sleep(1_000);

@@ -87,10 +87,7 @@ async function explainPage({ database, cursors, runs: explainRuns }: ExplainCont
   const compiled = q.compile();
   const outputs: ExplainOutput[] = [];
   for (let i = 0; i < explainRuns; i++) {
-    const { rows } = await database.pool.query<{ 'QUERY PLAN': ExplainOutput[] }>(
-      `EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) ${compiled.sql}`,
-      compiled.parameters as unknown[],
-    );
+    const { rows } = await database.pool.query<{ 'QUERY PLAN': ExplainOutput[] }>(`EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) ${compiled.sql}`, compiled.parameters as unknown[]);
     outputs.push(rows[0]!['QUERY PLAN'][0]!);
   }
   const last = outputs.at(-1)!;
@@ -123,7 +120,10 @@ async function explainVariant(ctx: ExplainContext, variant: string, query: ListQ
   const { database, cursors } = ctx;
   const { q, sortName, keysOf } = subscriptionPageQuery(database.db, cursors, query);
   const all = q.clearLimit().clearOrderBy();
-  const counted = await database.db.selectFrom(all.as('matching')).select((eb) => eb.fn.countAll<number>().as('n')).executeTakeFirstOrThrow();
+  const counted = await database.db
+    .selectFrom(all.as('matching'))
+    .select((eb) => eb.fn.countAll<number>().as('n'))
+    .executeTakeFirstOrThrow();
   const matchingRows = Number(counted.n);
   const first = await explainPage(ctx, query);
   let deep: PageExplain | null = null;
@@ -149,9 +149,7 @@ async function explainVariant(ctx: ExplainContext, variant: string, query: ListQ
 export async function explainListVariants(database: DatabaseHandle, cursors: CursorCodec, runs: number): Promise<VariantExplain[]> {
   const ctx: ExplainContext = { database, cursors, runs };
   const sixMonthsAgo = daysAgo(182);
-  const heaviestUser = Number(
-    (await database.pool.query('SELECT user_id FROM subscriptions GROUP BY user_id ORDER BY count(*) DESC, user_id LIMIT 1')).rows[0].user_id,
-  );
+  const heaviestUser = Number((await database.pool.query('SELECT user_id FROM subscriptions GROUP BY user_id ORDER BY count(*) DESC, user_id LIMIT 1')).rows[0].user_id);
   const features = (await database.pool.query('SELECT feature_id, count(*) AS n FROM subscription_features GROUP BY feature_id ORDER BY n DESC, feature_id')).rows;
   const commonFeature = Number(features[0].feature_id);
   const rareFeature = Number(features.at(-1).feature_id);

@@ -55,7 +55,9 @@ end`;
 /** The Lua script: headers, one builder per request (taken in turn), amount, and a JSON line at the end. */
 export function wrkScript(spec: LoadSpec, seed: number): string {
   const headerTable = (extra: Record<string, string> = {}) =>
-    `{${Object.entries({ ...spec.headers, ...extra }).map(([k, v]) => `[${luaString(k)}] = ${luaString(v)}`).join(', ')}}`;
+    `{${Object.entries({ ...spec.headers, ...extra })
+      .map(([k, v]) => `[${luaString(k)}] = ${luaString(v)}`)
+      .join(', ')}}`;
   const builders = spec.requests.map(
     (r, i) => `local headers${i} = ${headerTable(r.headers)}
 builders[${i + 1}] = function() return wrk.format(${luaString(r.method)}, ${luaExpression(r.path)}, headers${i}, ${r.body ? luaExpression(r.body) : 'nil'}) end`,

@@ -25,7 +25,8 @@ const settings = loadSettings();
 const quick = !isVerdictRun(settings);
 const resultsDir = path.join(projectRoot, 'bench', 'results');
 const loadAverageAtStart = os.loadavg();
-const generatorVersion = settings.loadGenerator === 'wrk' ? (spawnSync('wrk', ['--version'], { encoding: 'utf8' }).stdout.split('\n')[0] ?? '').trim() : 'autocannon 9 (in the bench process)';
+const generatorVersion =
+  settings.loadGenerator === 'wrk' ? (spawnSync('wrk', ['--version'], { encoding: 'utf8' }).stdout.split('\n')[0] ?? '').trim() : 'autocannon 9 (in the bench process)';
 log(`# load generator: ${generatorVersion}${settings.loadGenerator === 'autocannon' ? ' -- wrk not found: autocannon shares the bench process and the two cores' : ''}`);
 if (quick) log(`# BENCH_ROUNDS=${settings.rounds}: quick mode, ${NOT_A_VERDICT}`);
 
@@ -78,14 +79,24 @@ try {
   const services = planned.services.filter((s) => comparisons.some((c) => c.sides.some((side) => side.server === s.name)));
   if (settings.only) log(`# BENCH_ONLY=${settings.only.source}: ${comparisons.map((c) => c.name).join(', ') || 'no comparison'}`);
 
-  log(`# the services run with STATEMENT_TIMEOUT_MS=${settings.statementTimeoutMs} (default 10000; the plain-SQL analytics takes ~13 s at 5M), PG_POOL_SIZE=${settings.poolSize}, RATE_LIMIT_PER_MINUTE=0 (one key sends every request) unless a scenario says otherwise`);
+  log(
+    `# the services run with STATEMENT_TIMEOUT_MS=${settings.statementTimeoutMs} (default 10000; the plain-SQL analytics takes ~13 s at 5M), PG_POOL_SIZE=${settings.poolSize}, RATE_LIMIT_PER_MINUTE=0 (one key sends every request) unless a scenario says otherwise`,
+  );
   const common = { databaseUrl: bench.url, poolSize: settings.poolSize, statementTimeoutMs: settings.statementTimeoutMs };
   const ours = await startService({ ...common, name: 'ours', cwd: projectRoot, ...settings.ours, commit: checkoutCommit(projectRoot) });
   servers.ours = ours;
   const uses = (server: string) => comparisons.some((c) => c.sides.some((s) => s.server === server));
   if (uses('floor')) servers.floor = await startFloor(bench.url, settings.poolSize);
   if (baseline && uses('baseline')) {
-    servers.baseline = await startService({ ...common, databaseUrl: baselineDatabaseUrl, name: 'baseline', cwd: baseline.dir, nodeFlags: baseline.nodeFlags, webConcurrency: undefined, commit: baseline.commit });
+    servers.baseline = await startService({
+      ...common,
+      databaseUrl: baselineDatabaseUrl,
+      name: 'baseline',
+      cwd: baseline.dir,
+      nodeFlags: baseline.nodeFlags,
+      webConcurrency: undefined,
+      commit: baseline.commit,
+    });
   }
   if (settings.variant && uses('variant')) servers.variant = await startService({ ...common, name: 'variant', cwd: projectRoot, ...settings.variant });
   for (const extra of services) servers[extra.name] = await startService({ ...common, name: extra.name, cwd: projectRoot, ...settings.ours, env: extra.env });
@@ -125,22 +136,36 @@ try {
   const rebuildFailures = rebuilds.filter((r) => r.check.error || r.check.mismatches.length > 0).length;
   const analyticsSide = results.flatMap((c) => c.sides).find((s) => s.name === 'analytics (maintained aggregates)');
   const at500k = settings.size === 500_000 ? undefined : previousAnalyticsP50(resultsDir, 500_000);
-  const acrossRuns = at500k && analyticsSide ? { analytics_p50_this_size_over_500k: analyticsSide.summary.p50Ms.median / at500k.p50Ms, from: at500k.file, note: 'separate runs, not interleaved: no verdict' } : undefined;
+  const acrossRuns =
+    at500k && analyticsSide
+      ? { analytics_p50_this_size_over_500k: analyticsSide.summary.p50Ms.median / at500k.p50Ms, from: at500k.file, note: 'separate runs, not interleaved: no verdict' }
+      : undefined;
 
-  log(`\nseed: ${seed.totalRows.toLocaleString('en-US')} rows in ${seed.seconds.toFixed(1)} s (${Math.round(seed.rowsPerSecond).toLocaleString('en-US')} rows/s), then VACUUM ANALYZE and no autovacuum running before the first run`);
-  log(`\nRATIOS (${settings.rounds} interleaved round${settings.rounds === 1 ? '' : 's'} each${quick ? `: ${NOT_A_VERDICT}` : ''}; load average ${loadAverageAtStart[0]!.toFixed(1)} at start, ${os.loadavg()[0]!.toFixed(1)} at end on ${os.cpus().length} shared cores)`);
+  log(
+    `\nseed: ${seed.totalRows.toLocaleString('en-US')} rows in ${seed.seconds.toFixed(1)} s (${Math.round(seed.rowsPerSecond).toLocaleString('en-US')} rows/s), then VACUUM ANALYZE and no autovacuum running before the first run`,
+  );
+  log(
+    `\nRATIOS (${settings.rounds} interleaved round${settings.rounds === 1 ? '' : 's'} each${quick ? `: ${NOT_A_VERDICT}` : ''}; load average ${loadAverageAtStart[0]!.toFixed(1)} at start, ${os.loadavg()[0]!.toFixed(1)} at end on ${os.cpus().length} shared cores)`,
+  );
   for (const r of [...allRatios, ...allLimits]) log(`ratio ${spreadLine(r, settings.rounds)}`);
   log(`errors: ${totalErrors} in ${runs.length} timed runs; target 0: ${errorsVerdict}`);
   if (acrossRuns) log(`analytics p50 at ${settings.size} / at 500k (${acrossRuns.from}): ${num(acrossRuns.analytics_p50_this_size_over_500k)} (${acrossRuns.note})`);
-  for (const r of rebuilds) log(`analytics_rebuild() after triggers-disabled run ${r.round === 0 ? '(warm-up)' : `round ${r.round}`}: ${r.rebuildSeconds.toFixed(1)} s, mismatches ${r.check.error ?? r.check.mismatches.length}`);
+  for (const r of rebuilds)
+    log(
+      `analytics_rebuild() after triggers-disabled run ${r.round === 0 ? '(warm-up)' : `round ${r.round}`}: ${r.rebuildSeconds.toFixed(1)} s, mismatches ${r.check.error ?? r.check.mismatches.length}`,
+    );
   for (const c of midFlight) {
-    log(`mid-flight check (${c.label}, ${c.startedAtMs}-${c.finishedAtMs} ms into the ${c.runSeconds} s run, ${c.subscriptionCount - c.rowsAtStartOfRun} rows inserted by then): ${c.error ?? `${c.mismatches.length} mismatches`}`);
+    log(
+      `mid-flight check (${c.label}, ${c.startedAtMs}-${c.finishedAtMs} ms into the ${c.runSeconds} s run, ${c.subscriptionCount - c.rowsAtStartOfRun} rows inserted by then): ${c.error ?? `${c.mismatches.length} mismatches`}`,
+    );
     for (const m of c.mismatches.slice(0, 10)) log(`  ${m}`);
   }
   log(`analytics mismatches mid-flight: ${midFlightMismatches} in ${midFlight.length} checks${midFlightErrors ? `, ${midFlightErrors} checks failed` : ''}`);
   log(`analytics equals the plain answer after the load: ${analyticsExact}`);
   for (const [name, peaks] of Object.entries(lifetimePeak)) {
-    log(`${name} RSS: ${Math.round(idle[name]!.sumMb)} MB when ready (${idle[name]!.processes} process(es)); lifetime peak per process ${peaks.map((p) => `${p.name} ${p.peakMb} MB`).join(', ')}`);
+    log(
+      `${name} RSS: ${Math.round(idle[name]!.sumMb)} MB when ready (${idle[name]!.processes} process(es)); lifetime peak per process ${peaks.map((p) => `${p.name} ${p.peakMb} MB`).join(', ')}`,
+    );
   }
 
   const file = writeResults(resultsDir, settings.size, quick ? 'quick' : settings.only ? 'partial' : 'full', {

@@ -22,7 +22,9 @@ export function printComparison(c: ComparisonResult, rounds: number, log: (line:
   log(`${pad('side', 62)}${pad('conns', 14)}${pad('req/s', 22)}${pad('p50 ms', 20)}${pad('p99 ms', 20)}${pad('errors', 8)}RSS max/process MB`);
   for (const s of c.sides) {
     const conns = s.amount ? `${s.connections} (${s.amount} req)` : s.connections;
-    log(`${pad(s.name, 62)}${pad(conns, 14)}${pad(range(s.summary.requestsPerSecond), 22)}${pad(range(s.summary.p50Ms), 20)}${pad(range(s.summary.p99Ms), 20)}${pad(s.summary.errors, 8)}${range(s.summary.rssMaxPerProcessMb)}`);
+    log(
+      `${pad(s.name, 62)}${pad(conns, 14)}${pad(range(s.summary.requestsPerSecond), 22)}${pad(range(s.summary.p50Ms), 20)}${pad(range(s.summary.p99Ms), 20)}${pad(s.summary.errors, 8)}${range(s.summary.rssMaxPerProcessMb)}`,
+    );
   }
   for (const r of [...c.ratios, ...c.limits]) log(`  ${spreadLine(r, rounds)}`);
 }
@@ -33,13 +35,18 @@ export function printExplain(explained: VariantExplain[], runs: number, log: (li
   for (const v of explained) {
     const seq = v.first.seqScanOnSubscriptions || v.deep?.seqScanOnSubscriptions ? 'YES' : 'no';
     const indexes = `${v.first.indexes.join(', ') || '-'} | ${v.deep?.indexes.join(', ') || '-'}`;
-    log(`${pad(v.variant, 58)}${pad(v.matchingRows, 10)}${pad(v.first.executionMs, 10)}${pad(v.deep?.executionMs ?? '-', 10)}${pad(v.deepOverFirst ?? '-', 10)}${pad(seq, 10)}${indexes}`);
+    log(
+      `${pad(v.variant, 58)}${pad(v.matchingRows, 10)}${pad(v.first.executionMs, 10)}${pad(v.deep?.executionMs ?? '-', 10)}${pad(v.deepOverFirst ?? '-', 10)}${pad(seq, 10)}${indexes}`,
+    );
   }
   const flagged = explained.filter((v) => v.flags.length > 0);
   if (flagged.length === 0) log('no list variant seq-scans subscriptions or has a deep page over 3x its first page');
   for (const v of flagged) {
     log(`\nFLAGGED ${v.variant}: ${v.flags.join('; ')}`);
-    for (const [which, page] of [['first', v.first], ['deep', v.deep]] as const) {
+    for (const [which, page] of [
+      ['first', v.first],
+      ['deep', v.deep],
+    ] as const) {
       if (!page) continue;
       log(`  ${which} page, ${page.executionMs} ms (runs ${page.executionRunsMs.join(', ')}), buffers hit ${page.sharedHitBlocks} read ${page.sharedReadBlocks}:`);
       log(`    ${page.sql}`);
@@ -66,7 +73,12 @@ export function writeResults(resultsDir: string, size: number, kind: 'full' | 'q
  * `rows`, newer ones in `comparisons`): compared across runs, so never a verdict.
  */
 export function previousAnalyticsP50(resultsDir: string, size: number): { file: string; p50Ms: number } | undefined {
-  const files = fs.existsSync(resultsDir) ? fs.readdirSync(resultsDir).filter((f) => f.endsWith('.json') && !f.endsWith('-quick.json')).sort() : [];
+  const files = fs.existsSync(resultsDir)
+    ? fs
+        .readdirSync(resultsDir)
+        .filter((f) => f.endsWith('.json') && !f.endsWith('-quick.json'))
+        .sort()
+    : [];
   for (const file of files.reverse()) {
     const report = JSON.parse(fs.readFileSync(path.join(resultsDir, file), 'utf8')) as {
       size?: number;

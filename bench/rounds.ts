@@ -105,8 +105,7 @@ export function median(values: number[]): number {
 }
 export const spread = (values: number[]): Spread => ({ median: median(values), min: Math.min(...values), max: Math.max(...values) });
 
-const holds = (value: number, { op, value: bound }: Target) =>
-  op === '>=' ? value >= bound : op === '<=' ? value <= bound : op === '<' ? value < bound : value > bound;
+const holds = (value: number, { op, value: bound }: Target) => (op === '>=' ? value >= bound : op === '<=' ? value <= bound : op === '<' ? value < bound : value > bound);
 
 /** Met when every round meets the target, missed when none does, inconclusive between; never from fewer than 3 rounds. */
 export function verdict(values: number[], target: Target, rounds: number): Verdict {
@@ -164,7 +163,11 @@ export async function warmUpServers(comparisons: Comparison[], ctx: RunContext):
     const requests = comparisons.flatMap((c) => c.sides.filter((s) => s.server === name && !s.amount && !s.before).flatMap((s) => s.requests));
     if (requests.length === 0) continue;
     const unique = [...new Set(requests)];
-    const r = await runLoad(ctx.settings.loadGenerator, { url: ctx.servers[name]!.url, requests: unique, connections: ctx.settings.connections, seconds, headers: requestHeaders }, ctx.settings.wrkThreads);
+    const r = await runLoad(
+      ctx.settings.loadGenerator,
+      { url: ctx.servers[name]!.url, requests: unique, connections: ctx.settings.connections, seconds, headers: requestHeaders },
+      ctx.settings.wrkThreads,
+    );
     ctx.log(`# warm-up of ${name}: ${unique.length} request kind(s) for ${seconds} s, ${fmt(r.requestsPerSecond)} req/s, errors ${r.errors}`);
   }
 }

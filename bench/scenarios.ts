@@ -72,12 +72,16 @@ export function scenarios(ctx: ScenarioContext): { services: ExtraService[]; com
   const mixed = [oneUser, analytics, newSubscription, firstPage, userList];
 
   const list: Comparison[] = [
-    compare('floor', [oursOneRow, side('floor: node:http + pg, same GET', 'floor', [oneRow])], [
-      ratio('one-row GET req/s, ours / floor', oursOneRow.name, 'floor: node:http + pg, same GET', 'requestsPerSecond', atLeast(0.6)),
-    ]),
-    compare('analytics', [ours('analytics (maintained aggregates)', [analytics]), oursOneRow, ours('one-row GET /api/users/{id}', [oneUser])], [
-      ratio('analytics p50 / one-row p50', 'analytics (maintained aggregates)', oursOneRow.name, 'p50Ms', atMost(1)),
-    ]),
+    compare(
+      'floor',
+      [oursOneRow, side('floor: node:http + pg, same GET', 'floor', [oneRow])],
+      [ratio('one-row GET req/s, ours / floor', oursOneRow.name, 'floor: node:http + pg, same GET', 'requestsPerSecond', atLeast(0.6))],
+    ),
+    compare(
+      'analytics',
+      [ours('analytics (maintained aggregates)', [analytics]), oursOneRow, ours('one-row GET /api/users/{id}', [oneUser])],
+      [ratio('analytics p50 / one-row p50', 'analytics (maintained aggregates)', oursOneRow.name, 'p50Ms', atMost(1))],
+    ),
     compare(
       'pages',
       [
@@ -110,7 +114,15 @@ export function scenarios(ctx: ScenarioContext): { services: ExtraService[]; com
           },
         }),
       ],
-      [ratio('insert req/s, aggregates maintained / triggers disabled', 'POST /api/subscriptions (aggregates maintained)', 'POST /api/subscriptions (analytics triggers disabled)', 'requestsPerSecond', atLeast(0.7))],
+      [
+        ratio(
+          'insert req/s, aggregates maintained / triggers disabled',
+          'POST /api/subscriptions (aggregates maintained)',
+          'POST /api/subscriptions (analytics triggers disabled)',
+          'requestsPerSecond',
+          atLeast(0.7),
+        ),
+      ],
     ),
   ];
 
@@ -118,10 +130,14 @@ export function scenarios(ctx: ScenarioContext): { services: ExtraService[]; com
   const services: ExtraService[] = [{ name: 'rate-limited', env: { RATE_LIMIT_PER_MINUTE: '1000000000' } }];
   const limited = side('one-row GET, rate limiter on', 'rate-limited', [oneRow]);
   list.push(
-    compare('rate limiter', [oursOneRow, limited], [
-      ratio('one-row GET req/s, rate limiter on / off', limited.name, oursOneRow.name, 'requestsPerSecond'),
-      ratio('one-row GET p50, rate limiter on / off', limited.name, oursOneRow.name, 'p50Ms'),
-    ]),
+    compare(
+      'rate limiter',
+      [oursOneRow, limited],
+      [
+        ratio('one-row GET req/s, rate limiter on / off', limited.name, oursOneRow.name, 'requestsPerSecond'),
+        ratio('one-row GET p50, rate limiter on / off', limited.name, oursOneRow.name, 'p50Ms'),
+      ],
+    ),
   );
 
   const oursMixed = ours(`mixed 80% reads / 20% writes, ${settings.mixedConnections} conns`, mixed, {
@@ -149,9 +165,11 @@ export function scenarios(ctx: ScenarioContext): { services: ExtraService[]; com
     ];
     for (const [name, requests, target] of pairs) {
       list.push(
-        compare(`baseline: ${name}`, [ours(`ours: ${name}`, requests), side(`baseline: ${name}`, 'baseline', requests)], [
-          ratio(`${name} req/s, ours / baseline`, `ours: ${name}`, `baseline: ${name}`, 'requestsPerSecond', target),
-        ]),
+        compare(
+          `baseline: ${name}`,
+          [ours(`ours: ${name}`, requests), side(`baseline: ${name}`, 'baseline', requests)],
+          [ratio(`${name} req/s, ours / baseline`, `ours: ${name}`, `baseline: ${name}`, 'requestsPerSecond', target)],
+        ),
       );
     }
   }

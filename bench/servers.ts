@@ -51,7 +51,12 @@ async function startProcess(name: string, args: string[], cwd: string, env: Node
   };
   for (let i = 0; i < 600; i++) {
     if (child.exitCode !== null) throw new Error(`${name} exited (${child.exitCode}) before it was ready`);
-    if (await fetch(`${url}/readyz`).then((r) => r.ok, () => false)) {
+    if (
+      await fetch(`${url}/readyz`).then(
+        (r) => r.ok,
+        () => false,
+      )
+    ) {
       return { name, url, pid: child.pid!, description: { ...description, args }, stop };
     }
     await sleep(100);
