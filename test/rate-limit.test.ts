@@ -1,4 +1,5 @@
 import test from 'ava';
+import { loadSpec } from '../src/http/contract.js';
 import { quotaPerWindow } from '../src/http/rate-limit.js';
 import { createTestDatabase, startTestApp, TEST_API_KEY, type TestApp } from './support/app.js';
 import { startInstance } from './support/instance.js';
@@ -148,4 +149,18 @@ test('a window whose quota is not a whole number of requests is refused at start
   t.is(quotaPerWindow({ perMinute: 600, windowSeconds: 1 }), 10);
   t.throws(() => quotaPerWindow({ perMinute: 100, windowSeconds: 1 }), { message: /RATE_LIMIT_PER_MINUTE × RATE_LIMIT_WINDOW_SECONDS \/ 60 .* 100 × 1 \/ 60/ });
   t.throws(() => quotaPerWindow({ perMinute: 600, windowSeconds: 0 }), { message: /RATE_LIMIT_WINDOW_SECONDS must be at least 1/ });
+});
+
+test('the spec declares the 429, with Retry-After and both headers, on every operation', (t) => {
+  const METHODS = ['get', 'put', 'post', 'delete', 'patch'];
+  const document = loadSpec().document as unknown as { paths: Record<string, Record<string, { operationId?: string; responses?: Record<string, { $ref?: string }> }>> };
+  const missing = Object.entries(document.paths).flatMap(([path, item]) =>
+    Object.entries(item)
+      .filter(([method]) => METHODS.includes(method))
+      .filter(([, op]) => op.responses?.['429']?.$ref !== '#/components/responses/TooManyRequests')
+      .map(([method, op]) => `${method.toUpperCase()} ${path} (${op.operationId})`),
+  );
+  t.deepEqual(missing, []);
+  const response = (loadSpec().document.components?.responses as Record<string, { headers: Record<string, unknown> }>).TooManyRequests!;
+  t.deepEqual(Object.keys(response.headers).sort(), ['RateLimit', 'RateLimit-Policy', 'Retry-After']);
 });
