@@ -297,8 +297,65 @@ export interface paths {
          *     about what a one-row lookup costs at any table size and always equals plain SQL over the
          *     base tables at that moment. `source=base_tables` computes the same figures directly from the
          *     base tables (slower; for comparison).
+         *
+         *     **As of a past instant.** With `as_of`, every field is answered as the data stood at that
+         *     instant, by the recorded history (`GET /api/events`): each subscription and user as its latest
+         *     change in effect then, `monthly_revenue` for the 12 months ending with the UTC month of
+         *     `as_of`, and `as_of` echoes the instant. A change is in effect from its event's
+         *     `occurred_at`, except that a subscription's changes take effect in the order they were
+         *     recorded: a change recorded after another one with a later `occurred_at` (two transactions
+         *     changing one subscription at nearly the same time) takes effect at that later time. The
+         *     answer comes from aggregates of the history kept in the same transaction as every change
+         *     (per month, per day and per instant), so its cost does not grow with the number of
+         *     subscriptions; `source=base_tables` computes it from the `events` table alone, the base table of
+         *     the history (slow at scale; for comparison). Both answers are always equal.
          */
         get: operations["getAnalytics"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/analytics/mrr": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * MRR movements per month, from the history
+         * @description Monthly recurring revenue (MRR) and where it came from and went, month by month, from the
+         *     recorded history (`GET /api/events`), exact to the cent at the instant of the request.
+         *
+         *     **Definitions.** A subscription's MRR is its `plan_cost` for `month` plans and
+         *     `round(plan_cost / 12, 2)` for `year` plans while its status is `active`, else 0; a user's MRR
+         *     is the sum over their subscriptions. So every figure is an exact sum of cents. A month's start
+         *     is its first instant (UTC); its end is the next month's first instant, or now for the current
+         *     month. Each user's MRR at the start and at the end of the month (as the history says it stood
+         *     then; see `as_of` on `GET /api/analytics` for when a change takes effect) classifies them:
+         *
+         *     | start → end | movement |
+         *     |---|---|
+         *     | 0 → more than 0, never a customer at an earlier month's end | `new` (the end MRR), one of `new_customers` |
+         *     | 0 → more than 0, a customer at some earlier month's end | `reactivation` (the end MRR), one of `reactivated_customers` |
+         *     | a rise, both more than 0 | `expansion` (end - start) |
+         *     | a fall to more than 0 | `contraction` (start - end) |
+         *     | more than 0 → 0 | `churn` (the start MRR), one of `churned_customers` |
+         *
+         *     Always `starting_mrr + new + expansion + reactivation - contraction - churn = ending_mrr`,
+         *     exactly, and a month's `starting_mrr` is the previous month's `ending_mrr`. Movements compare
+         *     month ends only: a user who subscribed and cancelled within one month shows no movement.
+         *
+         *     **Cost.** By default the answer reads movements the database keeps per month in the same
+         *     transaction as every change (a few dozen rows), whatever the number of subscriptions.
+         *     `source=base_tables` computes the same report from the `events` table alone (the base table of
+         *     the history; slow at scale, for comparison). Both answers are always equal.
+         */
+        get: operations["getMrrReport"];
         put?: never;
         post?: never;
         delete?: never;
@@ -1056,7 +1113,7 @@ export interface components {
          *     }
          */
         Analytics: {
-            /** @description The database time the answer is true for (the statement's `now()`); every figure is read in one snapshot at that time. */
+            /** @description The instant the answer is true for: the statement's `now()` (every figure read in one snapshot at that time), or the `as_of` asked for. */
             as_of: components["schemas"]["Timestamp"];
             /** @description Sum of `plan_cost` over subscriptions with status `active` (whatever their billing period). */
             total_recurring_revenue: components["schemas"]["Money"];
@@ -1091,10 +1148,94 @@ export interface components {
                 /** @description Sum of `plan_cost` of the subscriptions with this status. */
                 revenue: components["schemas"]["Money"];
             }[];
-            /** @description Monthly recurring revenue over `active` subscriptions, yearly plans normalized to a month as Stripe and ChartMogul normalize; exactly `round(sum of monthly plans' plan_cost + (sum of yearly plans' plan_cost) / 12, 2)` as PostgreSQL computes it (the yearly sum is divided once, so no per-row rounding drifts). */
+            /** @description Monthly recurring revenue, the sum over `active` subscriptions of the MRR of each (`plan_cost` for `month` plans, `round(plan_cost / 12, 2)` for `year` plans), so an exact sum of cents. Equal to the current month's `ending_mrr` in `GET /api/analytics/mrr`. */
             mrr: components["schemas"]["Money"];
             /** @description Annual recurring revenue over `active` subscriptions, monthly plans times 12 plus yearly plans. */
             arr: components["schemas"]["Money"];
+        };
+        /**
+         * @description MRR movements per month; see the operation for the definitions.
+         * @example {
+         *       "as_of": "2026-12-10T12:00:00.000Z",
+         *       "months": [
+         *         {
+         *           "month": "2026-11",
+         *           "starting_mrr": "1000.00",
+         *           "new": "49.00",
+         *           "expansion": "20.00",
+         *           "contraction": "9.99",
+         *           "churn": "99.00",
+         *           "reactivation": "19.99",
+         *           "ending_mrr": "980.00",
+         *           "starting_customers": 20,
+         *           "customers": 20,
+         *           "new_customers": 1,
+         *           "reactivated_customers": 1,
+         *           "churned_customers": 2,
+         *           "customer_churn_rate": "0.1000",
+         *           "revenue_churn_rate": "0.1090",
+         *           "arpa": "49.00"
+         *         },
+         *         {
+         *           "month": "2026-12",
+         *           "starting_mrr": "980.00",
+         *           "new": "0.00",
+         *           "expansion": "0.00",
+         *           "contraction": "0.00",
+         *           "churn": "0.00",
+         *           "reactivation": "0.00",
+         *           "ending_mrr": "980.00",
+         *           "starting_customers": 20,
+         *           "customers": 20,
+         *           "new_customers": 0,
+         *           "reactivated_customers": 0,
+         *           "churned_customers": 0,
+         *           "customer_churn_rate": "0.0000",
+         *           "revenue_churn_rate": "0.0000",
+         *           "arpa": "49.00"
+         *         }
+         *       ]
+         *     }
+         */
+        MrrReport: {
+            /** @description The database time the answer is true for; the current month ends there. */
+            as_of: components["schemas"]["Timestamp"];
+            /** @description One entry per month from `from` to `to`, oldest first. */
+            months: components["schemas"]["MrrMonth"][];
+        };
+        MrrMonth: {
+            /** @description The month, `YYYY-MM` (UTC). */
+            month: string;
+            /** @description Sum of every user's MRR at the month's start (the previous month's `ending_mrr`). */
+            starting_mrr: components["schemas"]["Money"];
+            /** @description MRR at the month's end of the users who had none at its start and had never had any at an earlier month's end. */
+            new: components["schemas"]["Money"];
+            /** @description Sum of (end - start) over the users whose MRR rose from more than 0. */
+            expansion: components["schemas"]["Money"];
+            /** @description Sum of (start - end) over the users whose MRR fell to a value more than 0. */
+            contraction: components["schemas"]["Money"];
+            /** @description MRR at the month's start of the users who had none at its end. */
+            churn: components["schemas"]["Money"];
+            /** @description MRR at the month's end of the users who had none at its start but had some at an earlier month's end. */
+            reactivation: components["schemas"]["Money"];
+            /** @description Sum of every user's MRR at the month's end (now, for the current month); `starting_mrr + new + expansion + reactivation - contraction - churn`, exactly. For the current month, equal to `GET /api/analytics`'s `mrr`. */
+            ending_mrr: components["schemas"]["Money"];
+            /** @description Users with MRR more than 0 at the month's start. */
+            starting_customers: number;
+            /** @description Users with MRR more than 0 at the month's end; `starting_customers + new_customers + reactivated_customers - churned_customers`. */
+            customers: number;
+            /** @description Users counted in `new`. */
+            new_customers: number;
+            /** @description Users counted in `reactivation`. */
+            reactivated_customers: number;
+            /** @description Users counted in `churn`. */
+            churned_customers: number;
+            /** @description `churned_customers / starting_customers`, a decimal string with 4 places (rounded half away from zero); `null` when `starting_customers` is 0. */
+            customer_churn_rate: string | null;
+            /** @description Gross revenue churn: `(churn + contraction) / starting_mrr`, a decimal string with 4 places (rounded half away from zero); `null` when `starting_mrr` is 0. */
+            revenue_churn_rate: string | null;
+            /** @description Average revenue per account: `ending_mrr / customers`, rounded to 2 places; `"0.00"` when `customers` is 0. */
+            arpa: components["schemas"]["Money"];
         };
         /**
          * @description The kind of object an event is about: the part of its `type` before the dot.
@@ -2744,8 +2885,13 @@ export interface operations {
     getAnalytics: {
         parameters: {
             query?: {
-                /** @description `aggregates` (default): read the maintained aggregates. `base_tables`: compute from the base tables. */
+                /** @description `aggregates` (default): read the maintained aggregates. `base_tables`: compute from the base tables (with `as_of`: from the `events` table, the history). */
                 source?: "aggregates" | "base_tables";
+                /**
+                 * @description An RFC 3339 instant, not in the future (`400` otherwise). The figures as the recorded history says they stood at that instant (inclusive); without it, now.
+                 * @example 2026-06-30T12:00:00Z
+                 */
+                as_of?: string;
             };
             header?: never;
             path?: never;
@@ -2760,6 +2906,43 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["Analytics"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    getMrrReport: {
+        parameters: {
+            query?: {
+                /**
+                 * @description First month, `YYYY-MM` (UTC). Default, the month 11 months before `to`.
+                 * @example 2026-01
+                 */
+                from?: string;
+                /**
+                 * @description Last month, `YYYY-MM` (UTC), not after the current month. Default, the current month. At most 120 months from `from` to `to`; `from` after `to` is a `400`.
+                 * @example 2026-12
+                 */
+                to?: string;
+                /** @description `aggregates` (default): read the maintained movements. `base_tables`: compute from the `events` table. */
+                source?: "aggregates" | "base_tables";
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description One entry per month from `from` to `to`, oldest first. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["MrrReport"];
                 };
             };
             400: components["responses"]["BadRequest"];

@@ -27,6 +27,16 @@ try {
       console.log(`${r.aggregate} ${r.key}: stored ${r.stored_count} subscriptions / ${r.stored_sum}, actual ${r.actual_count} / ${r.actual_sum} (repaired)`);
     }
     console.log(rows.length ? `analytics: ${rows.length} aggregate key(s) differed from the base tables and were repaired` : 'analytics: every aggregate equals the base tables');
+    // The history's aggregates (migration 0010) against the events; any difference rebuilds them all.
+    const { rows: history } = await database.pool.query<{ aggregate: string; key: string; stored: string; actual: string }>(
+      'SELECT * FROM history_analytics_reconcile()',
+    );
+    for (const r of history) console.log(`history ${r.aggregate} ${r.key}: stored ${r.stored ?? 'nothing'}, actual ${r.actual ?? 'nothing'}`);
+    console.log(
+      history.length
+        ? `history: ${history.length} aggregate key(s) differed from the events; every history aggregate was rebuilt`
+        : 'history: every aggregate equals the events',
+    );
   } else if (command === 'seed') {
     await migrateToLatest(database.db);
     try {

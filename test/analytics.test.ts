@@ -50,8 +50,8 @@ const PLAIN_SQL = sql<{ metrics: Metrics }>`
             FROM unnest(${STATUSES}::text[]) WITH ORDINALITY AS st(status, position)
             LEFT JOIN subscriptions s ON s.status = st.status
             GROUP BY st.status, st.position) per_status),
-    'mrr', (SELECT round(coalesce(sum(plan_cost) FILTER (WHERE billing_period = 'month'), 0)
-                         + coalesce(sum(plan_cost) FILTER (WHERE billing_period = 'year'), 0) / 12, 2)::numeric(30, 2)::text
+    'mrr', (SELECT (coalesce(sum(plan_cost) FILTER (WHERE billing_period = 'month'), 0)
+                    + coalesce(sum(round(plan_cost / 12, 2)) FILTER (WHERE billing_period = 'year'), 0))::numeric(30, 2)::text
             FROM subscriptions WHERE status = 'active'),
     'arr', (SELECT (coalesce(sum(plan_cost) FILTER (WHERE billing_period = 'month'), 0) * 12
                     + coalesce(sum(plan_cost) FILTER (WHERE billing_period = 'year'), 0))::numeric(30, 2)::text

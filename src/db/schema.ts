@@ -117,7 +117,20 @@ export interface EventsTable {
   previous_attributes: ColumnType<Record<string, unknown>, never, never>;
 }
 
+/** Migration 0010: changes of count, plan_cost and MRR per status and billing period, bucketed by month, day and instant (written by triggers). */
+export interface HistoryStatusChangesTable {
+  span: ColumnType<'month' | 'day' | 'instant', never, never>;
+  bucket: ColumnType<Date, never, never>;
+  status: ColumnType<SubscriptionStatus, never, never>;
+  billing_period: ColumnType<string, never, never>;
+  slot: ColumnType<number, never, never>;
+  subscription_count: ColumnType<string, never, never>;
+  plan_cost_sum: ColumnType<string, never, never>;
+  mrr_sum: ColumnType<string, never, never>;
+}
+
 export interface Database {
+  history_status_changes: HistoryStatusChangesTable;
   analytics_status_totals: AnalyticsStatusTotalsTable;
   analytics_month_revenue: AnalyticsMonthRevenueTable;
   analytics_user_totals: AnalyticsUserTotalsTable;

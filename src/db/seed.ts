@@ -19,6 +19,8 @@ export const SEEDED_TABLES = ['users', 'features', 'subscriptions', 'subscriptio
 type SeededTable = (typeof SEEDED_TABLES)[number];
 /** Where migration 0002 keeps the analytics aggregates, all derived from subscriptions. */
 export const ANALYTICS_TABLES = ['analytics_status_totals', 'analytics_month_revenue', 'analytics_user_totals'];
+/** Where migration 0010 keeps the aggregates of the history (MRR movements, analytics as of an instant). */
+export const HISTORY_ANALYTICS_TABLES = ['history_status_changes', 'history_revenue_changes', 'history_user_months', 'history_mrr_movements'];
 
 export interface SeedParameters {
   users: number;
@@ -189,9 +191,17 @@ export async function seedDatabase(pool: pg.Pool, parameters: SeedParameters, op
     // The old history goes first, with whatever refers to it (its deliveries), while the foreign
     // keys still say what that is. Event ids go on from where they were: never reused.
     if (recordsHistory) await client.query('TRUNCATE events CASCADE');
+    // The history's aggregates (migration 0010): emptied with it, recomputed from the implied history below.
+    const { rows: [historyAnalytics] } = await client.query<{ present: boolean }>(
+      `SELECT to_regprocedure('history_analytics_rebuild(boolean)') IS NOT NULL AS present`,
+    );
+    const historyAnalyticsTables = recordsHistory && historyAnalytics?.present ? HISTORY_ANALYTICS_TABLES : [];
+    const { rows: historyAnalyticsKeys } = await client.query<SetAside>(SET_ASIDE, [historyAnalyticsTables]);
     // Foreign keys first: they depend on the keys they reference.
-    for (const s of [...ofKind('trigger', 'foreign key'), ...ofKind('key', 'index'), ...analyticsKeys, ...historyKeys]) await client.query(s.drop_sql);
-    await client.query(`TRUNCATE ${[...SEEDED_TABLES, ...analyticsTables].join(', ')} RESTART IDENTITY`);
+    for (const s of [...ofKind('trigger', 'foreign key'), ...ofKind('key', 'index'), ...analyticsKeys, ...historyKeys, ...historyAnalyticsKeys]) {
+      await client.query(s.drop_sql);
+    }
+    await client.query(`TRUNCATE ${[...SEEDED_TABLES, ...analyticsTables, ...historyAnalyticsTables].join(', ')} RESTART IDENTITY`);
     done(
       `set aside ${ofKind('key', 'index').length + analyticsKeys.length} keys and indexes, ${ofKind('foreign key').length} foreign keys, ` +
         `${ofKind('trigger').length} triggers; truncated`,
@@ -223,6 +233,12 @@ export async function seedDatabase(pool: pg.Pool, parameters: SeedParameters, op
       await client.query('SELECT analytics_rebuild()');
       for (const s of analyticsKeys) await client.query(s.restore_sql);
       done(`analytics_rebuild() and ${analyticsKeys.length} keys and indexes`);
+    }
+    if (historyAnalyticsTables.length) {
+      // From the subscriptions, as the implied history records them (the events just written say the same).
+      await client.query('SELECT history_analytics_rebuild(true)');
+      for (const s of historyAnalyticsKeys) await client.query(s.restore_sql);
+      done(`history_analytics_rebuild() and ${historyAnalyticsKeys.length} keys and indexes`);
     }
     if (historyKeys.length) {
       // Its keys before the foreign keys that reference them, its triggers last.

@@ -7,6 +7,7 @@ import type { Deps } from '../deps.js';
 import { formatMoney } from '../money.js';
 import type { OperationHandlers } from '../http/operation.js';
 import { sendObject } from '../http/respond.js';
+import { readAnalyticsAsOf } from './mrr.js';
 
 type Analytics = components['schemas']['Analytics'];
 export type AnalyticsSource = 'aggregates' | 'base_tables';
@@ -91,6 +92,20 @@ export function analyticsQuery(db: Kysely<Database>, source: AnalyticsSource) {
               .orderBy('user_id')
               .limit(sql.lit(5)),
       )
+      // MRR as the contract defines it: each active subscription's MRR (yearly plans round(plan_cost / 12, 2) each),
+      // summed; from the history's aggregates (migration 0010), every month's changes of active subscriptions.
+      .with('mrr_total', (qc) =>
+        fromAggregates
+          ? qc
+              .selectFrom('history_status_changes')
+              .where('span', '=', sql.lit('month'))
+              .where('status', '=', sql.lit('active'))
+              .select(sql<string>`coalesce(sum(mrr_sum), 0)`.as('total'))
+          : qc
+              .selectFrom('subscriptions')
+              .where('status', '=', sql.lit('active'))
+              .select(sql<string>`coalesce(sum(CASE billing_period WHEN 'year' THEN round(plan_cost / 12, 2) ELSE plan_cost END), 0)`.as('total')),
+      )
       // Every scalar metric and by_status in one pass over the (at most six) per-status rows.
       .with('summary', (qc) =>
         qc.selectFrom('status_totals').select((eb) => {
@@ -102,8 +117,7 @@ export function analyticsQuery(db: Kysely<Database>, source: AnalyticsSource) {
             eb.fn.sum<string>('revenue').filterWhere(active).as('total_recurring_revenue'),
             // sum / count is exactly how PostgreSQL's avg(numeric) divides, so this equals round(avg(plan_cost), 2).
             sql<string | null>`round(sum(revenue) / nullif(sum(subscription_count), 0), 2)`.as('average_subscription_cost'),
-            // Yearly plans' sum divided once, then rounded: no per-row rounding to drift.
-            sql<string>`round(${activeSum('monthly_plans')} + ${activeSum('yearly_plans')} / 12, 2)`.as('mrr'),
+            sql<string>`(SELECT total FROM mrr_total)`.as('mrr'),
             sql<string>`${activeSum('monthly_plans')} * 12 + ${activeSum('yearly_plans')}`.as('arr'),
             // Money crosses into JSON as text: a JSON number would become a float in JavaScript.
             eb.fn
@@ -186,7 +200,8 @@ export async function readAnalytics(db: Kysely<Database>, source: AnalyticsSourc
 export function analyticsHandlers(_deps: Deps) {
   return {
     async getAnalytics({ query, ctx, db }) {
-      sendObject(ctx, 200, await readAnalytics(db, query.source ?? 'aggregates'));
+      const source = query.source ?? 'aggregates';
+      sendObject(ctx, 200, query.as_of === undefined ? await readAnalytics(db, source) : await readAnalyticsAsOf(db, query.as_of, source));
     },
   } satisfies Partial<OperationHandlers>;
 }

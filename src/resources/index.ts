@@ -3,6 +3,7 @@ import type { OperationHandlers } from '../http/operation.js';
 import { analyticsHandlers } from './analytics.js';
 import { eventHandlers } from './events.js';
 import { featureHandlers } from './features.js';
+import { mrrHandlers } from './mrr.js';
 import { subscriptionFeatureHandlers } from './subscription-features.js';
 import { subscriptionHandlers } from './subscriptions.js';
 import { userHandlers } from './users.js';
@@ -19,6 +20,7 @@ export function allHandlers(deps: Deps): OperationHandlers {
     ...featureHandlers(deps),
     ...subscriptionFeatureHandlers(deps),
     ...analyticsHandlers(deps),
+    ...mrrHandlers(deps),
     ...eventHandlers(deps),
     ...webhookEndpointHandlers(deps),
   } satisfies OperationHandlers;
