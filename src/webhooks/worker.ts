@@ -56,6 +56,27 @@ interface DueDelivery {
   retry_requested: boolean;
 }
 
+/** A place in the feed: after the event (xid, id); xid8 as a decimal string. */
+interface FeedPosition {
+  xid: string;
+  id: number;
+}
+
+/** An endpoint being served by this process under its lease. */
+interface Serving {
+  lease: Lease;
+  endpoint: { url: string; secret: string; event_types: string[] };
+  /** Its place in the feed, as this process last read or wrote it. */
+  cursor: FeedPosition;
+  /** Its next events, read ahead in feed order, each with its body. */
+  ahead: { xid: string; id: number; type: string; payload: string }[];
+  /** The horizon of the last read when that read was complete: the place to move to once `ahead` is used up. */
+  horizon?: FeedPosition;
+}
+
+/** Events of an endpoint's types read at once (deliveries are still made one after the other). */
+const READ_AHEAD = 100;
+
 /**
  * Steps one claim may take before the endpoint is released: a busy endpoint then queues behind the
  * others with work (least recently served first), so none starves while `concurrency` slots are full.
@@ -144,8 +165,16 @@ export class WebhookWorker {
   /** Serves one leased endpoint until it has nothing due, then releases it. */
   private async serve(lease: Lease): Promise<void> {
     try {
+      const endpoint = await this.db
+        .selectFrom('webhook_endpoints')
+        .select(['url', 'secret', 'enabled', 'event_types', 'cursor_xid', 'cursor_id'])
+        .where('id', '=', lease.endpointId)
+        .where('lease_token', '=', lease.token)
+        .executeTakeFirst();
+      if (!endpoint?.enabled) return; // deleted, disabled, or the lease was lost
+      const serving: Serving = { lease, endpoint, cursor: { xid: endpoint.cursor_xid, id: endpoint.cursor_id }, ahead: [] };
       for (let step = 0; step < STEPS_PER_CLAIM && !this.stopping; step++) {
-        if (!(await this.step(lease))) break;
+        if (!(await this.step(serving))) break;
       }
     } catch (err) {
       this.log.warn({ err, endpoint: lease.endpointId }, 'webhooks: serving an endpoint failed; its lease will expire');
@@ -161,72 +190,84 @@ export class WebhookWorker {
   }
 
   /** One thing for the endpoint: a manual retry, or its pending delivery's next attempt. Whether to go on. */
-  private async step(lease: Lease): Promise<boolean> {
-    const endpoint = await this.db
-      .selectFrom('webhook_endpoints')
-      .select(['url', 'secret', 'enabled', 'event_types', 'cursor_xid', 'cursor_id'])
-      .where('id', '=', lease.endpointId)
-      .where('lease_token', '=', lease.token)
-      .executeTakeFirst();
-    if (!endpoint?.enabled) return false; // deleted, disabled, or the lease was lost
-
+  private async step(serving: Serving): Promise<boolean> {
     // First a manual retry of a delivery already done (succeeded or given up): one attempt, out of
     // band. Else the pending delivery, or the next event made one.
     const current = await this.db
       .selectFrom('webhook_deliveries')
       .select(['id', 'event_id', 'payload', 'status', 'attempt_count', 'first_attempt_at', 'next_attempt_at', 'retry_requested'])
-      .where('endpoint_id', '=', lease.endpointId)
+      .where('endpoint_id', '=', serving.lease.endpointId)
       .where((eb) => eb.or([eb('status', '=', 'pending'), eb('retry_requested', '=', true)]))
       .orderBy(sql`status = 'pending'`)
       .orderBy('id')
       .limit(1)
       .executeTakeFirst();
-    if (current && current.status !== 'pending') return this.attempt(lease, endpoint, current, 'manual');
-    const head = current ?? (await this.nextDelivery(lease, endpoint));
+    if (current && current.status !== 'pending') return this.attempt(serving, current, 'manual');
+    const head = current ?? (await this.nextDelivery(serving));
     if (!head?.next_attempt_at || head.next_attempt_at.getTime() > Date.now()) return false;
-    return this.attempt(lease, endpoint, head, head.retry_requested ? 'manual' : 'scheduled');
+    return this.attempt(serving, head, head.retry_requested ? 'manual' : 'scheduled');
   }
 
   /**
-   * The endpoint's next event of its types, read from the feed after its cursor below the horizon
-   * (the query of GET /api/events), becomes its pending delivery; the cursor moves past it in the same
-   * transaction. With none, the cursor moves to the horizon: every event below it has been seen.
+   * The endpoint's next event of its types becomes its pending delivery, in the one statement that
+   * moves its place in the feed past it (and only if its place is still where this process read
+   * from). Events are read ahead a page at a time, in feed order after its place and below the
+   * horizon, with the query of GET /api/events. When a complete page is used up, the place moves to
+   * that page's horizon: every event below it has been seen.
    */
-  private async nextDelivery(
-    lease: Lease,
-    endpoint: { event_types: string[]; cursor_xid: string; cursor_id: number },
-  ): Promise<DueDelivery | undefined> {
-    return this.db.transaction().execute(async (trx) => {
-      const types = endpoint.event_types as NonNullable<Parameters<typeof eventPageQuery>[1]['type']>;
-      const rows = await eventPageQuery(trx, { type: types }, { xid: endpoint.cursor_xid, id: endpoint.cursor_id }, 1).execute();
-      const event = rows.find((row): row is typeof row & Parameters<typeof toEvent>[0] => row.id !== null);
-      const position = event ? { xid: event.xid, id: event.id } : { xid: rows[0]!.horizon, id: 0 };
-      const moved = await trx
-        .updateTable('webhook_endpoints')
-        .set({ cursor_xid: position.xid, cursor_id: position.id })
-        .set(sql`lease_until`, sql`now() + ${this.leaseMs} * interval '1 millisecond'`)
-        .where('id', '=', lease.endpointId)
-        .where('lease_token', '=', lease.token)
-        .where(sql<boolean>`(cursor_xid, cursor_id) < (${position.xid}::xid8, ${position.id}::bigint)`)
-        .executeTakeFirst();
-      if (!event || moved.numUpdatedRows !== 1n) return undefined;
-      return trx
-        .insertInto('webhook_deliveries')
-        .values({
-          endpoint_id: lease.endpointId,
-          event_id: event.id,
-          event_type: event.type,
-          // Exactly what GET /api/events/{id} answers (sendObject writes JSON.stringify of it).
-          payload: JSON.stringify(toEvent(event)),
-          next_attempt_at: sql<Date>`now()`,
-        })
-        .returning(['id', 'event_id', 'payload', 'status', 'attempt_count', 'first_attempt_at', 'next_attempt_at', 'retry_requested'])
-        .executeTakeFirstOrThrow();
-    });
+  private async nextDelivery(serving: Serving): Promise<DueDelivery | undefined> {
+    const { lease } = serving;
+    if (serving.ahead.length === 0) {
+      if (serving.horizon) {
+        const horizon = serving.horizon;
+        serving.horizon = undefined;
+        await this.moveCursor(serving, horizon);
+        return undefined;
+      }
+      const types = serving.endpoint.event_types as NonNullable<Parameters<typeof eventPageQuery>[1]['type']>;
+      const rows = await eventPageQuery(this.db, { type: types }, serving.cursor, READ_AHEAD).execute();
+      const events = rows.filter((row): row is typeof row & Parameters<typeof toEvent>[0] => row.id !== null);
+      // Exactly what GET /api/events/{id} answers (sendObject writes JSON.stringify of it).
+      serving.ahead = events.map((event) => ({ xid: event.xid, id: event.id, type: event.type, payload: JSON.stringify(toEvent(event)) }));
+      if (events.length <= READ_AHEAD) serving.horizon = { xid: rows[0]!.horizon, id: 0 };
+      if (serving.ahead.length === 0) return this.nextDelivery(serving);
+    }
+    const event = serving.ahead.shift()!;
+    const { rows } = await sql<DueDelivery>`
+      WITH moved AS (
+        UPDATE webhook_endpoints
+        SET cursor_xid = ${event.xid}::xid8, cursor_id = ${event.id}, lease_until = now() + ${this.leaseMs} * interval '1 millisecond'
+        WHERE id = ${lease.endpointId} AND lease_token = ${lease.token}::uuid AND enabled
+          AND cursor_xid = ${serving.cursor.xid}::xid8 AND cursor_id = ${serving.cursor.id}
+        RETURNING id
+      )
+      INSERT INTO webhook_deliveries (endpoint_id, event_id, event_type, payload, next_attempt_at)
+      SELECT id, ${event.id}, ${event.type}, ${event.payload}, now() FROM moved
+      RETURNING id, event_id, payload, status, attempt_count, first_attempt_at, next_attempt_at, retry_requested`.execute(this.db);
+    // The lease was lost, the endpoint disabled or deleted: stop; the next claim reads its place again.
+    if (rows.length !== 1) return undefined;
+    serving.cursor = { xid: event.xid, id: event.id };
+    return rows[0];
+  }
+
+  /** Moves the endpoint's place forward to `position` (the horizon of a complete read). */
+  private async moveCursor(serving: Serving, position: FeedPosition): Promise<void> {
+    const { lease } = serving;
+    const moved = await this.db
+      .updateTable('webhook_endpoints')
+      .set({ cursor_xid: position.xid, cursor_id: position.id })
+      .set(sql`lease_until`, sql`now() + ${this.leaseMs} * interval '1 millisecond'`)
+      .where('id', '=', lease.endpointId)
+      .where('lease_token', '=', lease.token)
+      .where(sql<boolean>`(cursor_xid, cursor_id) = (${serving.cursor.xid}::xid8, ${serving.cursor.id}::bigint)`)
+      .where(sql<boolean>`(cursor_xid, cursor_id) < (${position.xid}::xid8, ${position.id}::bigint)`)
+      .executeTakeFirst();
+    if (moved.numUpdatedRows === 1n) serving.cursor = position;
   }
 
   /** Sends one attempt and records it; whether the endpoint may go on at once. */
-  private async attempt(lease: Lease, endpoint: { url: string; secret: string }, delivery: DueDelivery, trigger: 'scheduled' | 'manual'): Promise<boolean> {
+  private async attempt(serving: Serving, delivery: DueDelivery, trigger: 'scheduled' | 'manual'): Promise<boolean> {
+    const { lease, endpoint } = serving;
     const attemptedAt = new Date();
     const result = await this.sender.send({ url: endpoint.url, secret: endpoint.secret, id: `evt_${delivery.event_id}`, payload: delivery.payload });
     const number = delivery.attempt_count + 1;
