@@ -4,7 +4,8 @@ import test from 'ava';
 import { loadSpec } from '../src/http/contract.js';
 import { TEST_API_KEY, useTestApp } from './support/app.js';
 
-const app = useTestApp(test);
+// The webhook endpoint below points at loopback, which only WEBHOOK_ALLOW_PRIVATE permits.
+const app = useTestApp(test, { WEBHOOK_ALLOW_PRIVATE: '1' });
 
 /** Every GET path of the spec with its parameters filled by objects that exist. */
 async function getPathsOfTheSpec(): Promise<string[]> {
@@ -13,13 +14,21 @@ async function getPathsOfTheSpec(): Promise<string[]> {
   const { data: subscription } = await app.client.POST('/subscriptions', {
     body: { user_id: user!.id, status: 'active', plan_cost: '9.99', start_date: '2025-01-15', feature_ids: [feature!.id] },
   });
-  const ids: Record<string, number> = { users: user!.id, subscriptions: subscription!.id, features: feature!.id };
+  const { data: endpoint } = await app.client.POST('/webhook-endpoints', { body: { url: 'http://127.0.0.1:9/hooks', event_types: ['user.deleted'] } });
+  const { data: events } = await app.client.GET('/events', { params: { query: { limit: 1 } } });
+  const ids: Record<string, number | string> = {
+    users: user!.id,
+    subscriptions: subscription!.id,
+    features: feature!.id,
+    events: events!.data[0]!.id,
+    'webhook-endpoints': endpoint!.id,
+  };
   const paths = loadSpec().document.paths as Record<string, Record<string, unknown>>;
   return Object.entries(paths)
     .filter(([, item]) => 'get' in item)
     .map(([template]) =>
       template
-        .replace(/^\/(\w+)\/\{id\}/, (_, resource: string) => `/${resource}/${ids[resource]}`)
+        .replace(/^\/([\w-]+)\/\{id\}/, (_, resource: string) => `/${resource}/${ids[resource]}`)
         .replace('{feature_id}', String(feature!.id)),
     )
     .map((path) => `/api${path}${path.endsWith('s') && !path.endsWith('analytics') ? '?limit=1' : ''}`);
