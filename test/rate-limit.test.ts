@@ -66,11 +66,11 @@ test('every answer to a keyed /api request carries both headers, and each reques
 });
 
 test('past the quota the answer is a 429 problem with Retry-After and r=0, and the window then resets', async (t) => {
-  // 120 a minute in windows of 1 s: 2 requests per window.
-  await withApp({ RATE_LIMIT_PER_MINUTE: '120', RATE_LIMIT_WINDOW_SECONDS: '1' }, async (app) => {
-    // Requests until one is refused: the third of a window (or the fourth, if the first two straddled two windows).
+  // 60 a minute in windows of 2 s: 2 requests per window.
+  await withApp({ RATE_LIMIT_PER_MINUTE: '60', RATE_LIMIT_WINDOW_SECONDS: '2' }, async (app) => {
+    // Requests until one is refused: the third of a window (later, if a slow machine let windows pass between them).
     const answers: Response[] = [];
-    while (answers.length < 6 && answers.at(-1)?.status !== 429) answers.push(await app.fetch('/api/features'));
+    while (answers.length < 20 && answers.at(-1)?.status !== 429) answers.push(await app.fetch('/api/features'));
     const refused = answers.at(-1)!;
     t.is(refused.status, 429);
     t.deepEqual(
@@ -83,11 +83,9 @@ test('past the quota the answer is a 429 problem with Retry-After and r=0, and t
     t.is(problem.status, 429);
     t.is(problem.title, 'Too Many Requests');
     const retryAfter = Number(refused.headers.get('retry-after'));
-    t.is(retryAfter, 1, `Retry-After ${refused.headers.get('retry-after')}: the window is 1 s`);
-    t.deepEqual(rateLimitOf(refused), { quota: 2, window: 1, remaining: 0, reset: retryAfter });
-    // A refused request does not open the door either.
-    t.is((await app.fetch('/api/features')).status, 429);
-    // Retry-After later, the window has reset.
+    t.true(retryAfter === 1 || retryAfter === 2, `Retry-After ${refused.headers.get('retry-after')}: the window is 2 s`);
+    t.deepEqual(rateLimitOf(refused), { quota: 2, window: 2, remaining: 0, reset: retryAfter });
+    // Retry-After later, the window has reset: a new one, counting from this request.
     await sleep(retryAfter * 1000 + 50);
     const later = await app.fetch('/api/features');
     t.is(later.status, 200);
@@ -102,6 +100,8 @@ test('each API key has its own quota', async (t) => {
   try {
     const get = (key: string) => fetch(`${instance.url}/api/features`, { headers: { Authorization: `Bearer ${key}` } });
     for (let i = 0; i < 3; i++) t.is((await get(TEST_API_KEY)).status, 200);
+    t.is((await get(TEST_API_KEY)).status, 429);
+    // A refused request does not open the door either (the window is a minute: still the same one).
     t.is((await get(TEST_API_KEY)).status, 429);
     const fresh = await get(other);
     t.is(fresh.status, 200);
