@@ -27,6 +27,21 @@ export interface BenchDatabase {
 const ident = (s: string) => `"${s.replace(/"/g, '""')}"`;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
+/**
+ * Dropped and created again on every run: the seed replaces all the data anyway, and a database
+ * migrated by an earlier version of a migration file (edited since) would keep its old schema.
+ */
+async function recreateDatabase(serverUrl: string, name: string): Promise<void> {
+  const admin = new pg.Client({ connectionString: `${serverUrl}/postgres` });
+  await admin.connect();
+  try {
+    await admin.query(`DROP DATABASE IF EXISTS ${ident(name)} WITH (FORCE)`);
+  } finally {
+    await admin.end();
+  }
+  await ensureDatabase(serverUrl, name);
+}
+
 /** The embedded PostgreSQL 16 under DATA_DIR/bench-pg16, or the DATABASE_URL server; migrated. */
 export async function openBenchDatabase(settings: BenchSettings): Promise<BenchDatabase> {
   const config = loadConfig();
@@ -36,7 +51,7 @@ export async function openBenchDatabase(settings: BenchSettings): Promise<BenchD
   const serverUrl = embedded ? embedded.adminUrl : Object.assign(new URL(config.databaseUrl!), { pathname: '' }).toString().replace(/\/$/, '');
   const name = `bench_${settings.size}`;
   try {
-    await ensureDatabase(serverUrl, name);
+    await recreateDatabase(serverUrl, name);
     const url = `${serverUrl}/${name}`;
     const handle = openDatabase(url, { statementTimeoutMs: 0 });
     const bench: BenchDatabase = {

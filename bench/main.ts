@@ -27,7 +27,8 @@ const resultsDir = path.join(projectRoot, 'bench', 'results');
 const loadAverageAtStart = os.loadavg();
 const generatorVersion =
   settings.loadGenerator === 'wrk' ? (spawnSync('wrk', ['--version'], { encoding: 'utf8' }).stdout.split('\n')[0] ?? '').trim() : 'autocannon 9 (in the bench process)';
-log(`# load generator: ${generatorVersion}${settings.loadGenerator === 'autocannon' ? ' -- wrk not found: autocannon shares the bench process and the two cores' : ''}`);
+const autocannonWhy = process.env.BENCH_LOAD ? 'BENCH_LOAD=autocannon' : 'wrk not found';
+log(`# load generator: ${generatorVersion}${settings.loadGenerator === 'autocannon' ? ` (${autocannonWhy}): autocannon shares the bench process and the two cores` : ''}`);
 if (quick) log(`# BENCH_ROUNDS=${settings.rounds}: quick mode, ${NOT_A_VERDICT}`);
 
 const baseline: BaselineCheckout | undefined = settings.baselineRef ? prepareBaseline(settings.baselineRef, settings.baselineNodeFlags, log) : undefined;
