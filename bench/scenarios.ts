@@ -71,7 +71,18 @@ export function scenarios(ctx: ScenarioContext): { services: ExtraService[]; com
   const oursOneRow = ours('one-row GET /api/subscriptions/{id}', [oneRow]);
   const mixed = [oneUser, analytics, newSubscription, firstPage, userList];
 
+  // Metrics from history (issue 13): the 12-month MRR report, and analytics as of a random past
+  // instant (one of 200 spread over the seed's three years).
+  const mrrReport = get(t`/api/analytics/mrr`);
+  const pastInstants = Array.from({ length: 200 }, (_, i) => new Date(Date.now() - Math.floor(((i + 1) * 3 * 365 * 86_400_000) / 201)).toISOString());
+  const asOf = get(t`/api/analytics?as_of=${pick(pastInstants)}`);
+  const oursOneUser = ours('one-row GET /api/users/{id}', [oneUser]);
+
   const list: Comparison[] = [
+    compare('metrics from history', [ours('GET /api/analytics/mrr (12 months)', [mrrReport]), ours('GET /api/analytics?as_of=<random past instant>', [asOf]), oursOneUser], [
+      ratio('MRR report p50 / one-row p50', 'GET /api/analytics/mrr (12 months)', oursOneUser.name, 'p50Ms', atMost(2)),
+      ratio('as_of p50 / one-row p50', 'GET /api/analytics?as_of=<random past instant>', oursOneUser.name, 'p50Ms', atMost(5)),
+    ]),
     compare(
       'floor',
       [oursOneRow, side('floor: node:http + pg, same GET', 'floor', [oneRow])],

@@ -28,9 +28,13 @@ try {
     }
     console.log(rows.length ? `analytics: ${rows.length} aggregate key(s) differed from the base tables and were repaired` : 'analytics: every aggregate equals the base tables');
     // The history's aggregates (migration 0010) against the events; any difference rebuilds them all.
-    const { rows: history } = await database.pool.query<{ aggregate: string; key: string; stored: string; actual: string }>(
-      'SELECT * FROM history_analytics_reconcile()',
-    );
+    // It reads the whole history: no statement timeout (the pool's is for requests).
+    const client = await database.pool.connect();
+    const history = await client
+      .query('SET statement_timeout = 0')
+      .then(() => client.query<{ aggregate: string; key: string; stored: string; actual: string }>('SELECT * FROM history_analytics_reconcile()'))
+      .then((result) => result.rows)
+      .finally(() => client.release(true));
     for (const r of history) console.log(`history ${r.aggregate} ${r.key}: stored ${r.stored ?? 'nothing'}, actual ${r.actual ?? 'nothing'}`);
     console.log(
       history.length

@@ -115,7 +115,9 @@ CREATE FUNCTION history_sides_sql(source text) RETURNS text LANGUAGE sql IMMUTAB
 $f$;
 
 -- Applies signed changes to every aggregate. Callers hold nothing; this takes the per-user locks.
-CREATE FUNCTION history_apply(changes history_change[]) RETURNS void LANGUAGE plpgsql AS $$
+-- Generic plans: a custom plan per call would re-plan its statements on every write (the per-user
+-- statement takes several times longer to plan than to run on one row).
+CREATE FUNCTION history_apply(changes history_change[]) RETURNS void LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
 DECLARE
   my_slot smallint := coalesce(nullif(current_setting('analytics.slot', true), '')::smallint, analytics_claim_slot());
 BEGIN
@@ -160,16 +162,15 @@ BEGIN
     FROM (SELECT DISTINCT c.user_id FROM unnest(changes) c ORDER BY 1) u;
   END IF;
 
-  WITH d AS (
-    -- Net change per user and instant.
-    SELECT c.user_id, c.effective_at, sum(c.sign * history_mrr(c.status, c.plan_cost, c.billing_period)) AS mrr,
-           sum(c.sign * c.plan_cost) AS cost, sum(c.sign) AS n
+  WITH dm AS (
+    -- Per user and month: the net changes, and every rise of the plan_cost sum (each +side's cost,
+    -- each -side's if negative: the bound of the month's maximum that history_user_months keeps).
+    SELECT c.user_id, date_trunc('month', c.effective_at AT TIME ZONE 'UTC')::date AS month,
+           sum(c.sign * history_mrr(c.status, c.plan_cost, c.billing_period)) AS mrr, sum(c.sign * c.plan_cost) AS cost,
+           sum(greatest(c.sign * c.plan_cost, 0)) AS rise, sum(c.sign) AS n
     FROM unnest(changes) c GROUP BY 1, 2
-  ), dm AS (
-    SELECT user_id, date_trunc('month', effective_at AT TIME ZONE 'UTC')::date AS month,
-           sum(mrr) AS mrr, sum(cost) AS cost, sum(greatest(cost, 0)) AS rise, sum(n) AS n
-    FROM d GROUP BY 1, 2
-    HAVING sum(mrr) <> 0 OR sum(cost) <> 0 OR sum(n) <> 0 OR sum(greatest(cost, 0)) <> 0
+    HAVING sum(c.sign * history_mrr(c.status, c.plan_cost, c.billing_period)) <> 0 OR sum(c.sign * c.plan_cost) <> 0 OR sum(c.sign) <> 0
+        OR sum(greatest(c.sign * c.plan_cost, 0)) <> 0
   ), first_month AS (
     -- From the user's first changed month on, every month the user has figures for is shifted.
     SELECT f.user_id, f.m0, coalesce(a.mrr, 0) AS anchor_mrr,
@@ -390,29 +391,49 @@ DECLARE
   best_total numeric[] := '{}';
   best_user bigint[] := '{}';
   kth numeric;
+  -- Each month is read in pages of 16 rows from the index, continuing after the last row read (a
+  -- query without LIMIT would be planned to sort the whole month).
+  last_max numeric;
+  last_user bigint;
+  page integer;
+  done boolean;
 BEGIN
   SELECT min(h.month) INTO first_month FROM history_user_months h;
   m := x;
   WHILE first_month IS NOT NULL AND m >= first_month LOOP
-    FOR r IN
-      SELECT h.user_id, h.plan_cost_sum, h.subscription_count, h.plan_cost_max FROM history_user_months h
-      WHERE h.month = m ORDER BY h.plan_cost_max DESC, h.user_id
-    LOOP
-      EXIT WHEN cardinality(best_total) >= k AND r.plan_cost_max < kth;
-      IF m = x THEN
-        SELECT a.total, a.subscriptions INTO v_total, v_count FROM history_user_at(r.user_id, t) a;
-      ELSIF EXISTS (SELECT FROM history_user_months h WHERE h.user_id = r.user_id AND h.month > m AND h.month <= x) THEN
-        CONTINUE;
-      ELSE
-        v_total := r.plan_cost_sum;
-        v_count := r.subscription_count;
-      END IF;
-      CONTINUE WHEN v_count = 0 OR r.user_id = ANY (best_user);
-      SELECT array_agg(b.total ORDER BY b.total DESC, b.uid), array_agg(b.uid ORDER BY b.total DESC, b.uid)
-      INTO best_total, best_user
-      FROM (SELECT b.total, b.uid FROM unnest(best_total || v_total, best_user || r.user_id) AS b (total, uid)
-            ORDER BY b.total DESC, b.uid LIMIT k) b;
-      IF cardinality(best_total) >= k THEN kth := best_total[k]; END IF;
+    last_max := 'Infinity';
+    last_user := -1;
+    done := false;
+    WHILE NOT done LOOP
+      page := 0;
+      FOR r IN
+        SELECT h.user_id, h.plan_cost_sum, h.subscription_count, h.plan_cost_max FROM history_user_months h
+        WHERE h.month = m AND (h.plan_cost_max < last_max OR (h.plan_cost_max = last_max AND h.user_id > last_user))
+        ORDER BY h.plan_cost_max DESC, h.user_id LIMIT 16
+      LOOP
+        page := page + 1;
+        last_max := r.plan_cost_max;
+        last_user := r.user_id;
+        IF cardinality(best_total) >= k AND r.plan_cost_max < kth THEN
+          done := true;
+          EXIT;
+        END IF;
+        IF m = x THEN
+          SELECT a.total, a.subscriptions INTO v_total, v_count FROM history_user_at(r.user_id, t) a;
+        ELSIF EXISTS (SELECT FROM history_user_months h WHERE h.user_id = r.user_id AND h.month > m AND h.month <= x) THEN
+          CONTINUE;
+        ELSE
+          v_total := r.plan_cost_sum;
+          v_count := r.subscription_count;
+        END IF;
+        CONTINUE WHEN v_count = 0 OR r.user_id = ANY (best_user);
+        SELECT array_agg(b.total ORDER BY b.total DESC, b.uid), array_agg(b.uid ORDER BY b.total DESC, b.uid)
+        INTO best_total, best_user
+        FROM (SELECT b.total, b.uid FROM unnest(best_total || v_total, best_user || r.user_id) AS b (total, uid)
+              ORDER BY b.total DESC, b.uid LIMIT k) b;
+        IF cardinality(best_total) >= k THEN kth := best_total[k]; END IF;
+      END LOOP;
+      IF page < 16 THEN done := true; END IF;
     END LOOP;
     m := (m - interval '1 month')::date;
   END LOOP;
@@ -531,40 +552,52 @@ BEGIN
             FROM events WHERE object_type = 'subscription' OFFSET 0) ev)$$));
 END $do$;
 
--- The changes the seed's implied history records (history_record_implied() in 0006), read from
--- subscriptions: each created at its start_date (active until it ended, if it did), and a
--- canceled or expired one changed from active at its end_date. The same as reading those events
--- (reconcile reads the events), without reading 725,000 of them back.
-CREATE FUNCTION history_implied_changes() RETURNS SETOF history_change LANGUAGE sql STABLE AS $$
-  SELECT x.effective_at, x.sign, s.user_id, x.status, s.billing_period, s.plan_cost, s.start_date
-  FROM subscriptions s
-  CROSS JOIN LATERAL (SELECT s.status IN ('canceled', 'expired') AND s.end_date IS NOT NULL AS ended) e
-  CROSS JOIN LATERAL (VALUES
-    (1, s.start_date::timestamp AT TIME ZONE 'UTC', 1, CASE WHEN e.ended THEN 'active' ELSE s.status END),
-    (2, s.end_date::timestamp AT TIME ZONE 'UTC', -1, 'active'),
-    (2, s.end_date::timestamp AT TIME ZONE 'UTC', 1, s.status)) AS x (stage, effective_at, sign, status)
-  WHERE x.stage = 1 OR e.ended
-$$;
-
 -- Fills four temporary tables (history_actual_status, _revenue, _user_months, _movements) with
 -- what the aggregates must hold (slots summed, as slot 0), from the events or, for the seed, from
--- its implied history. A user's plan_cost_max here is the bound the trigger keeps: the plan_cost
--- sum at the month's start plus every rise during the month.
+-- its implied history. A user's plan_cost_max is the bound the trigger keeps: the plan_cost sum at
+-- the month's start plus the plan_cost of every +side (the values after each change) in the month.
 CREATE FUNCTION history_compute_actual(implied boolean DEFAULT false) RETURNS void LANGUAGE plpgsql AS $$
 BEGIN
-  DROP TABLE IF EXISTS pg_temp.history_actual_status, pg_temp.history_actual_revenue,
+  DROP TABLE IF EXISTS pg_temp.history_actual_changes, pg_temp.history_actual_status, pg_temp.history_actual_revenue,
                        pg_temp.history_actual_user_months, pg_temp.history_actual_movements;
-  -- Status and start-month totals: net changes per instant and key first (the seed's history has a
-  -- few thousand instants), then the three spans.
-  CREATE TEMP TABLE history_actual_instants ON COMMIT DROP AS
-  SELECT c.effective_at, c.status, c.billing_period, date_trunc('month', c.start_date::timestamp)::date AS start_month,
-         sum(c.sign)::bigint AS n, sum(c.sign * c.plan_cost) AS cost, sum(c.sign * history_mrr(c.status, c.plan_cost, c.billing_period)) AS mrr
-  FROM (SELECT * FROM history_implied_changes() WHERE implied UNION ALL SELECT * FROM history_actual_changes() WHERE NOT implied) c
-  GROUP BY 1, 2, 3, 4;
+  IF implied THEN
+    CREATE TEMP TABLE history_actual_changes ON COMMIT DROP AS SELECT * FROM history_actual_changes() LIMIT 0;
+  ELSE
+    CREATE TEMP TABLE history_actual_changes ON COMMIT DROP AS SELECT * FROM history_actual_changes();
+  END IF;
+  -- Net changes per instant and key first (the seed's history has a few thousand instants), then
+  -- the three spans. The seed's implied history is read straight from subscriptions, one row per
+  -- change (an ending is the status change alone: its plan_cost sides cancel out).
+  IF implied THEN
+    CREATE TEMP TABLE history_actual_instants ON COMMIT DROP AS
+    SELECT x.day::timestamp AT TIME ZONE 'UTC' AS effective_at, x.status, x.billing_period, x.start_month, x.n, x.cost, x.mrr
+    FROM (
+      SELECT c.day, c.status, c.billing_period, date_trunc('month', c.start_date::timestamp)::date AS start_month,
+             sum(c.n)::bigint AS n, sum(c.n * c.plan_cost) AS cost, sum(c.n * history_mrr(c.status, c.plan_cost, c.billing_period)) AS mrr
+      FROM (
+        SELECT s.start_date AS day, CASE WHEN s.status IN ('canceled', 'expired') AND s.end_date IS NOT NULL THEN 'active' ELSE s.status END AS status,
+               s.billing_period, s.plan_cost, s.start_date, 1 AS n
+        FROM subscriptions s
+        UNION ALL
+        SELECT s.end_date, 'active', s.billing_period, s.plan_cost, s.start_date, -1
+        FROM subscriptions s WHERE s.status IN ('canceled', 'expired') AND s.end_date IS NOT NULL
+        UNION ALL
+        SELECT s.end_date, s.status, s.billing_period, s.plan_cost, s.start_date, 1
+        FROM subscriptions s WHERE s.status IN ('canceled', 'expired') AND s.end_date IS NOT NULL
+      ) c
+      GROUP BY 1, 2, 3, 4
+    ) x;
+  ELSE
+    CREATE TEMP TABLE history_actual_instants ON COMMIT DROP AS
+    SELECT c.effective_at, c.status, c.billing_period, date_trunc('month', c.start_date::timestamp)::date AS start_month,
+           sum(c.sign)::bigint AS n, sum(c.sign * c.plan_cost) AS cost, sum(c.sign * history_mrr(c.status, c.plan_cost, c.billing_period)) AS mrr
+    FROM history_actual_changes c
+    GROUP BY 1, 2, 3, 4;
+  END IF;
   CREATE TEMP TABLE history_actual_status ON COMMIT DROP AS
   SELECT b.span, b.bucket, i.status, i.billing_period, 0::smallint AS slot, sum(i.n)::bigint AS subscription_count,
          sum(i.cost) AS plan_cost_sum, sum(i.mrr) AS mrr_sum
-  FROM history_actual_instants i
+  FROM (SELECT effective_at, status, billing_period, sum(n) AS n, sum(cost) AS cost, sum(mrr) AS mrr FROM history_actual_instants GROUP BY 1, 2, 3) i
   CROSS JOIN LATERAL (SELECT i.effective_at AT TIME ZONE 'UTC' AS utc) u
   CROSS JOIN LATERAL (VALUES
     ('month', date_trunc('month', u.utc) AT TIME ZONE 'UTC'), ('day', date_trunc('day', u.utc) AT TIME ZONE 'UTC'), ('instant', i.effective_at)) AS b (span, bucket)
@@ -572,31 +605,40 @@ BEGIN
   HAVING sum(i.n) <> 0 OR sum(i.cost) <> 0 OR sum(i.mrr) <> 0;
   CREATE TEMP TABLE history_actual_revenue ON COMMIT DROP AS
   SELECT b.span, b.bucket, i.start_month, 0::smallint AS slot, sum(i.n)::bigint AS subscription_count, sum(i.cost) AS plan_cost_sum
-  FROM history_actual_instants i
+  FROM (SELECT effective_at, start_month, sum(n) AS n, sum(cost) AS cost FROM history_actual_instants GROUP BY 1, 2) i
   CROSS JOIN LATERAL (SELECT i.effective_at AT TIME ZONE 'UTC' AS utc) u
   CROSS JOIN LATERAL (VALUES
     ('month', date_trunc('month', u.utc) AT TIME ZONE 'UTC'), ('day', date_trunc('day', u.utc) AT TIME ZONE 'UTC'), ('instant', i.effective_at)) AS b (span, bucket)
   GROUP BY 1, 2, 3
   HAVING sum(i.n) <> 0 OR sum(i.cost) <> 0;
   DROP TABLE history_actual_instants;
-  -- Per user and month: the figures at the month's end, the MRR at its start and whether the user
-  -- had MRR at an earlier month's end (one sort by user and month serves both).
+  -- Per user and month: the net changes and the rises (as the trigger counts them), then, in one
+  -- sort by user and month, the figures at each month's end, the MRR at its start and whether the
+  -- user had MRR at an earlier month's end.
   CREATE TEMP TABLE history_actual_user_months ON COMMIT DROP AS
-  WITH per_instant AS (
-    SELECT c.user_id, c.effective_at, sum(c.sign * history_mrr(c.status, c.plan_cost, c.billing_period)) AS mrr,
-           sum(c.sign * c.plan_cost) AS cost, sum(c.sign) AS n
-    FROM (SELECT * FROM history_implied_changes() WHERE implied UNION ALL SELECT * FROM history_actual_changes() WHERE NOT implied) c
+  WITH per_month AS (
+    SELECT c.user_id, c.month, sum(c.mrr) AS mrr, sum(c.cost) AS cost, sum(c.n)::bigint AS n, sum(c.rise) AS rise
+    FROM (
+      -- The seed's: created (active until it ended), and ended: its MRR goes, its cost rises as the
+      -- +side of the status change.
+      SELECT s.user_id, date_trunc('month', s.start_date::timestamp)::date AS month,
+             history_mrr(CASE WHEN s.status IN ('canceled', 'expired') AND s.end_date IS NOT NULL THEN 'active' ELSE s.status END, s.plan_cost, s.billing_period) AS mrr,
+             s.plan_cost AS cost, 1 AS n, s.plan_cost AS rise
+      FROM subscriptions s WHERE implied
+      UNION ALL
+      SELECT s.user_id, date_trunc('month', s.end_date::timestamp)::date, -history_mrr('active', s.plan_cost, s.billing_period), 0, 0, s.plan_cost
+      FROM subscriptions s WHERE implied AND s.status IN ('canceled', 'expired') AND s.end_date IS NOT NULL
+      UNION ALL
+      SELECT c.user_id, date_trunc('month', c.effective_at AT TIME ZONE 'UTC')::date, c.sign * history_mrr(c.status, c.plan_cost, c.billing_period),
+             c.sign * c.plan_cost, c.sign, greatest(c.sign * c.plan_cost, 0)
+      FROM history_actual_changes c WHERE NOT implied
+    ) c
     GROUP BY 1, 2
-  ), per_month AS (
-    SELECT user_id, date_trunc('month', effective_at AT TIME ZONE 'UTC')::date AS month, sum(mrr) AS mrr, sum(cost) AS cost, sum(n) AS n,
-           sum(greatest(cost, 0)) AS rise
-    FROM per_instant
-    GROUP BY 1, 2
-    HAVING sum(mrr) <> 0 OR sum(cost) <> 0 OR sum(n) <> 0 OR sum(greatest(cost, 0)) <> 0
   ), ends AS (
     SELECT user_id, month, sum(mrr) OVER u AS mrr, sum(cost) OVER u AS plan_cost_sum, (sum(n) OVER u)::bigint AS subscription_count,
            sum(cost) OVER u - cost + rise AS plan_cost_max, sum(mrr) OVER u - mrr AS start_mrr
     FROM per_month
+    WHERE mrr <> 0 OR cost <> 0 OR n <> 0 OR rise <> 0
     WINDOW u AS (PARTITION BY user_id ORDER BY month)
   )
   SELECT *, coalesce(bool_or(mrr > 0) OVER (PARTITION BY user_id ORDER BY month ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), false) AS ever
@@ -611,8 +653,10 @@ END $$;
 
 -- Recomputes every aggregate from the history (after a load with the trigger disabled: the seed).
 -- SHARE mode: readers go on, writers of history wait until the new figures commit.
--- implied: from the seed's implied history (history_implied_changes), which the seed has just
--- written as events; otherwise from the events.
+-- implied: from the history the seed has just written (history_record_implied() in 0006: each
+-- subscription created at its start_date, active until it ended if it did, and a canceled or
+-- expired one changed from active at its end_date), read from subscriptions instead of its
+-- 725,000 events; otherwise from the events. Reconcile reads the events: the two must agree.
 CREATE FUNCTION history_analytics_rebuild(implied boolean DEFAULT false) RETURNS void LANGUAGE plpgsql AS $$
 BEGIN
   LOCK TABLE events IN SHARE MODE;
@@ -638,6 +682,8 @@ DECLARE
 BEGIN
   LOCK TABLE events IN SHARE MODE;
   PERFORM history_compute_actual();
+  -- For the per-user comparison below (a lookup per user and month on either side).
+  CREATE INDEX ON pg_temp.history_actual_user_months (user_id, month);
   RETURN QUERY
   SELECT 'status'::text, concat_ws(' ', k.span, to_char(k.bucket AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'), k.status, k.billing_period),
          concat_ws(' / ', coalesce(s.n, 0), coalesce(s.cost, 0), coalesce(s.mrr, 0)), concat_ws(' / ', coalesce(x.n, 0), coalesce(x.cost, 0), coalesce(x.mrr, 0))
