@@ -7,8 +7,8 @@ import { startTestApp, useTestApp } from './support/app.js';
 const app = useTestApp(test);
 
 /** The problem details of the two causes of a 503 (src/http/pg-errors.ts): the test tells them apart by these. */
-const STATEMENT_TIMEOUT_DETAIL = 'the database is unavailable or overloaded; retry shortly';
-const NO_FREE_CONNECTION_DETAIL = 'the database is unavailable; retry shortly';
+const STATEMENT_TIMEOUT_DETAIL = 'the query ran longer than the statement timeout; retry shortly, or ask for less';
+const NO_FREE_CONNECTION_DETAIL = 'no database connection became free in time: the service is at capacity; retry shortly';
 
 /** Another session holds a lock every read of users must wait for, until `release` is called. */
 async function lockUsers(databaseUrl: string) {

@@ -45,7 +45,7 @@ function columnOf(err: PgError, suffix: string): string | undefined {
  * unique (23505), foreign-key (23503) and check (23514) violations are translated.
  */
 export function problemFromPgError(err: unknown): ApiError | undefined {
-  if (err instanceof DatabaseUnavailableError) return unavailable('the database is unavailable; retry shortly');
+  if (err instanceof DatabaseUnavailableError) return problemFromPgError(err.reason) ?? unavailable('the database is unavailable; retry shortly');
   if (isPgError(err)) {
     const code = err.code!;
     const known = err.constraint ? constraintMeanings[err.constraint] : undefined;
@@ -73,9 +73,10 @@ export function problemFromPgError(err: unknown): ApiError | undefined {
     if (code.startsWith('22')) return badRequest(`a value cannot be stored: ${err.message}`);
     // Serialization failures and deadlocks: safe to retry.
     if (code === '40001' || code === '40P01') return unavailable('the change collided with a concurrent one; retry');
-    // Statement timeout, shutdown, connection failures, too many connections, and any FATAL error
+    if (code === '57014') return unavailable('the query ran longer than the statement timeout; retry shortly, or ask for less');
+    // Shutdown, connection failures, too many connections, and any FATAL error
     // (the server ended or refused the session, e.g. a database not accepting connections, 55000).
-    if (code === '57014' || code.startsWith('57P') || code.startsWith('08') || code === '53300' || err.severity === 'FATAL' || err.severity === 'PANIC') {
+    if (code.startsWith('57P') || code.startsWith('08') || code === '53300' || err.severity === 'FATAL' || err.severity === 'PANIC') {
       return unavailable('the database is unavailable or overloaded; retry shortly');
     }
     return undefined;
@@ -87,6 +88,9 @@ export function problemFromPgError(err: unknown): ApiError | undefined {
     /timeout exceeded when trying to connect|Connection terminated|connect ECONNREFUSED|Client has encountered a connection error|the database system is/i.test(message) ||
     sysCode === 'ECONNREFUSED' || sysCode === 'ECONNRESET' || sysCode === 'EPIPE'
   ) {
+    // pg-pool's own words when PG_CONNECTION_TIMEOUT_MS passed with every connection busy (a
+    // handler's query, or the rate limiter's, which uses the pool directly).
+    if (/timeout exceeded when trying to connect/i.test(message)) return unavailable('no database connection became free in time: the service is at capacity; retry shortly');
     return unavailable('the database is unavailable; retry shortly');
   }
   return undefined;
