@@ -2,9 +2,11 @@
 SHELL := /bin/bash
 BIN := node_modules/.bin
 TSX := node --import tsx
-# V8 heap sizing for the service (make run and make bench): a small young generation and a capped
-# old one keep its resident memory well under 200 MB at 64 connections (bench figures in README).
-SERVICE_NODE_FLAGS ?= --max-semi-space-size=2 --max-old-space-size=192
+# V8 heap sizing for the service (make run and make bench), chosen by make bench's variant comparison
+# (docs/performance.md): a 16 MB young generation serves 1.1-1.4x the requests of the 2 MB one
+# (medians of 4 interleaved rounds; a 2 MB semi-space spends a quarter of the CPU in scavenges),
+# and the capped old generation keeps the largest process at 152-156 MB with 64 connections (< 200).
+SERVICE_NODE_FLAGS ?= --max-semi-space-size=16 --max-old-space-size=192
 export SERVICE_NODE_FLAGS
 
 # Dataset size for db-seed (also read from the environment).
