@@ -552,11 +552,50 @@ BEGIN
             FROM events WHERE object_type = 'subscription' OFFSET 0) ev)$$));
 END $do$;
 
+-- Per user and month: the net changes and the rises (as the trigger counts them), then, in one sort
+-- by user and month, the figures at each month's end, the MRR at its start and whether the user had
+-- MRR at an earlier month's end. From the seed's rows (implied), or from history_actual_changes.
+CREATE FUNCTION history_actual_user_months(implied boolean)
+RETURNS TABLE (user_id bigint, month date, mrr numeric, plan_cost_sum numeric, subscription_count bigint, plan_cost_max numeric,
+               start_mrr numeric, ever boolean)
+LANGUAGE plpgsql STABLE AS $$
+#variable_conflict use_column
+BEGIN
+  RETURN QUERY
+    WITH per_month AS (
+    SELECT c.user_id, c.month, sum(c.mrr) AS mrr, sum(c.cost) AS cost, sum(c.n)::bigint AS n, sum(c.rise) AS rise
+    FROM (
+      -- The seed's: created (active until it ended), and ended: its MRR goes, its cost rises as the
+      -- +side of the status change.
+      SELECT s.user_id, date_trunc('month', s.start_date::timestamp)::date AS month,
+             history_mrr(CASE WHEN s.status IN ('canceled', 'expired') AND s.end_date IS NOT NULL THEN 'active' ELSE s.status END, s.plan_cost, s.billing_period) AS mrr,
+             s.plan_cost AS cost, 1 AS n, s.plan_cost AS rise
+      FROM subscriptions s WHERE implied
+      UNION ALL
+      SELECT s.user_id, date_trunc('month', s.end_date::timestamp)::date, -history_mrr('active', s.plan_cost, s.billing_period), 0, 0, s.plan_cost
+      FROM subscriptions s WHERE implied AND s.status IN ('canceled', 'expired') AND s.end_date IS NOT NULL
+      UNION ALL
+      SELECT c.user_id, date_trunc('month', c.effective_at AT TIME ZONE 'UTC')::date, c.sign * history_mrr(c.status, c.plan_cost, c.billing_period),
+             c.sign * c.plan_cost, c.sign, greatest(c.sign * c.plan_cost, 0)
+      FROM history_actual_changes c WHERE NOT implied
+    ) c
+    GROUP BY 1, 2
+  ), ends AS (
+    SELECT user_id, month, sum(mrr) OVER u AS mrr, sum(cost) OVER u AS plan_cost_sum, (sum(n) OVER u)::bigint AS subscription_count,
+           sum(cost) OVER u - cost + rise AS plan_cost_max, sum(mrr) OVER u - mrr AS start_mrr
+    FROM per_month
+    WHERE mrr <> 0 OR cost <> 0 OR n <> 0 OR rise <> 0
+    WINDOW u AS (PARTITION BY user_id ORDER BY month)
+  )
+  SELECT *, coalesce(bool_or(mrr > 0) OVER (PARTITION BY user_id ORDER BY month ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), false) AS ever
+  FROM ends;
+END $$;
+
 -- Fills four temporary tables (history_actual_status, _revenue, _user_months, _movements) with
 -- what the aggregates must hold (slots summed, as slot 0), from the events or, for the seed, from
 -- its implied history. A user's plan_cost_max is the bound the trigger keeps: the plan_cost sum at
 -- the month's start plus the plan_cost of every +side (the values after each change) in the month.
-CREATE FUNCTION history_compute_actual(implied boolean DEFAULT false) RETURNS void LANGUAGE plpgsql AS $$
+CREATE FUNCTION history_compute_actual(implied boolean DEFAULT false, with_users boolean DEFAULT true) RETURNS void LANGUAGE plpgsql AS $$
 BEGIN
   DROP TABLE IF EXISTS pg_temp.history_actual_changes, pg_temp.history_actual_status, pg_temp.history_actual_revenue,
                        pg_temp.history_actual_user_months, pg_temp.history_actual_movements;
@@ -615,34 +654,10 @@ BEGIN
   -- Per user and month: the net changes and the rises (as the trigger counts them), then, in one
   -- sort by user and month, the figures at each month's end, the MRR at its start and whether the
   -- user had MRR at an earlier month's end.
-  CREATE TEMP TABLE history_actual_user_months ON COMMIT DROP AS
-  WITH per_month AS (
-    SELECT c.user_id, c.month, sum(c.mrr) AS mrr, sum(c.cost) AS cost, sum(c.n)::bigint AS n, sum(c.rise) AS rise
-    FROM (
-      -- The seed's: created (active until it ended), and ended: its MRR goes, its cost rises as the
-      -- +side of the status change.
-      SELECT s.user_id, date_trunc('month', s.start_date::timestamp)::date AS month,
-             history_mrr(CASE WHEN s.status IN ('canceled', 'expired') AND s.end_date IS NOT NULL THEN 'active' ELSE s.status END, s.plan_cost, s.billing_period) AS mrr,
-             s.plan_cost AS cost, 1 AS n, s.plan_cost AS rise
-      FROM subscriptions s WHERE implied
-      UNION ALL
-      SELECT s.user_id, date_trunc('month', s.end_date::timestamp)::date, -history_mrr('active', s.plan_cost, s.billing_period), 0, 0, s.plan_cost
-      FROM subscriptions s WHERE implied AND s.status IN ('canceled', 'expired') AND s.end_date IS NOT NULL
-      UNION ALL
-      SELECT c.user_id, date_trunc('month', c.effective_at AT TIME ZONE 'UTC')::date, c.sign * history_mrr(c.status, c.plan_cost, c.billing_period),
-             c.sign * c.plan_cost, c.sign, greatest(c.sign * c.plan_cost, 0)
-      FROM history_actual_changes c WHERE NOT implied
-    ) c
-    GROUP BY 1, 2
-  ), ends AS (
-    SELECT user_id, month, sum(mrr) OVER u AS mrr, sum(cost) OVER u AS plan_cost_sum, (sum(n) OVER u)::bigint AS subscription_count,
-           sum(cost) OVER u - cost + rise AS plan_cost_max, sum(mrr) OVER u - mrr AS start_mrr
-    FROM per_month
-    WHERE mrr <> 0 OR cost <> 0 OR n <> 0 OR rise <> 0
-    WINDOW u AS (PARTITION BY user_id ORDER BY month)
-  )
-  SELECT *, coalesce(bool_or(mrr > 0) OVER (PARTITION BY user_id ORDER BY month ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), false) AS ever
-  FROM ends;
+  IF NOT with_users THEN
+    RETURN;
+  END IF;
+  CREATE TEMP TABLE history_actual_user_months ON COMMIT DROP AS SELECT * FROM history_actual_user_months(implied);
   CREATE TEMP TABLE history_actual_movements ON COMMIT DROP AS
   SELECT month, 0::smallint AS slot, sum((m).new) AS new, sum((m).expansion) AS expansion, sum((m).contraction) AS contraction,
          sum((m).churn) AS churn, sum((m).reactivation) AS reactivation, sum((m).new_customers)::bigint AS new_customers,
@@ -660,15 +675,30 @@ END $$;
 CREATE FUNCTION history_analytics_rebuild(implied boolean DEFAULT false) RETURNS void LANGUAGE plpgsql AS $$
 BEGIN
   LOCK TABLE events IN SHARE MODE;
-  PERFORM history_compute_actual(implied);
   DELETE FROM history_status_changes;
   DELETE FROM history_revenue_changes;
   DELETE FROM history_user_months;
   DELETE FROM history_mrr_movements;
+  IF implied THEN
+    -- The seed: the per-user rows go straight to their table (a temporary copy of them, in the
+    -- seed's session, spilled to disk and cost more than computing them), the movements from them.
+    PERFORM history_compute_actual(implied, false);
+    WITH u AS MATERIALIZED (SELECT * FROM history_actual_user_months(true)),
+    written AS (
+      INSERT INTO history_user_months SELECT u.user_id, u.month, u.mrr, u.plan_cost_sum, u.subscription_count, u.plan_cost_max FROM u
+    )
+    INSERT INTO history_mrr_movements
+    SELECT x.month, 0, sum((x.m).new), sum((x.m).expansion), sum((x.m).contraction), sum((x.m).churn), sum((x.m).reactivation),
+           sum((x.m).new_customers), sum((x.m).reactivated_customers), sum((x.m).churned_customers)
+    FROM (SELECT u.month, history_movement(u.start_mrr, u.mrr, u.ever) AS m FROM u OFFSET 0) x
+    GROUP BY x.month;
+  ELSE
+    PERFORM history_compute_actual(implied);
+    INSERT INTO history_user_months SELECT user_id, month, mrr, plan_cost_sum, subscription_count, plan_cost_max FROM history_actual_user_months;
+    INSERT INTO history_mrr_movements SELECT * FROM history_actual_movements;
+  END IF;
   INSERT INTO history_status_changes SELECT * FROM history_actual_status;
   INSERT INTO history_revenue_changes SELECT * FROM history_actual_revenue;
-  INSERT INTO history_user_months SELECT user_id, month, mrr, plan_cost_sum, subscription_count, plan_cost_max FROM history_actual_user_months;
-  INSERT INTO history_mrr_movements SELECT * FROM history_actual_movements;
 END $$;
 
 -- Compares every aggregate (summed over its slots) with what the history says, returns each key
