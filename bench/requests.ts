@@ -32,10 +32,14 @@ export interface BenchRequest {
   body?: Template;
   /** Beside the run's common headers (authorization, content-type). */
   headers?: Record<string, string>;
+  /** A fresh Idempotency-Key (a UUID) on every request. */
+  keyed?: boolean;
 }
 
 export const get = (path: Template, headers?: Record<string, string>): BenchRequest => ({ method: 'GET', path, ...(headers ? { headers } : {}) });
 export const post = (path: Template, body: Template, headers?: Record<string, string>): BenchRequest => ({ method: 'POST', path, body, ...(headers ? { headers } : {}) });
+/** The same request, with its own Idempotency-Key each time. */
+export const keyed = (request: BenchRequest): BenchRequest => ({ ...request, keyed: true });
 
 /** One concrete string of a template (autocannon's per-request callback). */
 export function render(template: Template): string {

@@ -11,7 +11,7 @@
  */
 import type { DatabaseHandle } from '../src/db/database.js';
 import { checkAnalytics, type AnalyticsCheck, type AnalyticsTriggers } from './analytics.js';
-import { get, int, pick, post, t, type BenchRequest } from './requests.js';
+import { get, int, keyed, pick, post, t, type BenchRequest } from './requests.js';
 import type { Comparison, LimitSpec, Metric, RatioSpec, Side, Target } from './rounds.js';
 import type { BenchSettings } from './settings.js';
 
@@ -79,10 +79,14 @@ export function scenarios(ctx: ScenarioContext): { services: ExtraService[]; com
   const oursOneUser = ours('one-row GET /api/users/{id}', [oneUser]);
 
   const list: Comparison[] = [
-    compare('metrics from history', [ours('GET /api/analytics/mrr (12 months)', [mrrReport]), ours('GET /api/analytics?as_of=<random past instant>', [asOf]), oursOneUser], [
-      ratio('MRR report p50 / one-row p50', 'GET /api/analytics/mrr (12 months)', oursOneUser.name, 'p50Ms', atMost(2)),
-      ratio('as_of p50 / one-row p50', 'GET /api/analytics?as_of=<random past instant>', oursOneUser.name, 'p50Ms', atMost(5)),
-    ]),
+    compare(
+      'metrics from history',
+      [ours('GET /api/analytics/mrr (12 months)', [mrrReport]), ours('GET /api/analytics?as_of=<random past instant>', [asOf]), oursOneUser],
+      [
+        ratio('MRR report p50 / one-row p50', 'GET /api/analytics/mrr (12 months)', oursOneUser.name, 'p50Ms', atMost(2)),
+        ratio('as_of p50 / one-row p50', 'GET /api/analytics?as_of=<random past instant>', oursOneUser.name, 'p50Ms', atMost(5)),
+      ],
+    ),
     compare(
       'floor',
       [oursOneRow, side('floor: node:http + pg, same GET', 'floor', [oneRow])],
@@ -136,6 +140,31 @@ export function scenarios(ctx: ScenarioContext): { services: ExtraService[]; com
       ],
     ),
   ];
+
+  // Issue 14: an Idempotency-Key's record rides in the write's own transaction; a 500-row page goes
+  // out compressed when the client accepts it, a one-object body never.
+  const fullPage = get(t`/api/subscriptions?limit=500`);
+  list.push(
+    compare(
+      'idempotency',
+      [ours('POST /api/subscriptions', [newSubscription]), ours('POST /api/subscriptions with an Idempotency-Key', [keyed(newSubscription)])],
+      [ratio('POST req/s, with an Idempotency-Key / without', 'POST /api/subscriptions with an Idempotency-Key', 'POST /api/subscriptions', 'requestsPerSecond', atLeast(0.9))],
+    ),
+    compare(
+      'compression',
+      [
+        ours('500-row page, identity', [get(fullPage.path, { 'Accept-Encoding': 'identity' })]),
+        ours('500-row page, gzip', [get(fullPage.path, { 'Accept-Encoding': 'gzip' })]),
+        ours('one-row GET, identity', [get(oneRow.path, { 'Accept-Encoding': 'identity' })]),
+        ours('one-row GET, gzip', [get(oneRow.path, { 'Accept-Encoding': 'gzip' })]),
+      ],
+      [
+        ratio('500-row page bytes, identity / gzip', '500-row page, identity', '500-row page, gzip', 'bytesPerRequest', atLeast(4)),
+        ratio('500-row page req/s, gzip / identity', '500-row page, gzip', '500-row page, identity', 'requestsPerSecond'),
+        ratio('one-row GET req/s, gzip / identity', 'one-row GET, gzip', 'one-row GET, identity', 'requestsPerSecond'),
+      ],
+    ),
+  );
 
   // What the rate limiter costs a request: the same GET with a limit no run reaches (one upsert per request).
   const services: ExtraService[] = [{ name: 'rate-limited', env: { RATE_LIMIT_PER_MINUTE: '1000000000' } }];

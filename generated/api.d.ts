@@ -1559,7 +1559,7 @@ export interface components {
          * @enum {string}
          */
         WebhookEventType: "user.*" | "user.created" | "user.updated" | "user.deleted" | "subscription.*" | "subscription.created" | "subscription.updated" | "subscription.deleted" | "feature.*" | "feature.created" | "feature.updated" | "feature.deleted" | "subscription_feature.*" | "subscription_feature.attached" | "subscription_feature.updated" | "subscription_feature.detached";
-        /** @description The event types delivered to the endpoint (at least one). */
+        /** @description The event types delivered to the endpoint (at least one, each once; so at most the 16 there are). */
         WebhookEventTypes: components["schemas"]["WebhookEventType"][];
         /**
          * @description Where deliveries are POSTed: an absolute `http` or `https` URL (no `#fragment`) whose host is

@@ -104,6 +104,8 @@ function validValue(raw: Schema, name: string, variant = 0): unknown {
       if (schema.format === 'date') return '2024-01-15';
       if (schema.format === 'date-time') return '2024-01-15T10:00:00Z';
       if (schema.pattern?.includes('[0-9]{1,10}')) return variant ? `${variant}.99` : '9.99';
+      // A webhook target valid for the schema that the handler still refuses (not a public address): nothing is stored, no traffic.
+      if (name === 'url') return 'http://127.0.0.1/fuzz';
       return variant ? `Fuzz value ${variant}` : 'Fuzz value';
     case 'integer':
       if (name === 'user_id') return ids.user + variant;
@@ -201,7 +203,7 @@ function pathFor(operation: Operation, params: Record<string, string>): string {
 function validPathParams(operation: Operation): Record<string, string> {
   const resource = operation.path.split('/')[1];
   const id = resource === 'users' ? ids.user : resource === 'features' ? ids.feature : ids.subscription;
-  return { id: String(id), feature_id: String(ids.feature) };
+  return { id: String(id), feature_id: String(ids.feature), delivery_id: '1' };
 }
 
 type Segment = string | number;
