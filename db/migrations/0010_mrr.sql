@@ -269,13 +269,18 @@ CREATE TRIGGER history_analytics_truncated AFTER TRUNCATE ON events
 
 -- ---------------------------------------------------------------------------------------------
 -- Reads. Months are first days of UTC months; the current month's end is now (every change).
+-- PL/pgSQL, not SQL functions: these are not inlined, and PostgreSQL plans a SQL function's
+-- statements on every call but caches PL/pgSQL's per connection.
 
 -- The MRR report from the maintained movements: every month up to to_month is read (a few dozen
 -- rows per slot), the months before from_month only as the starting point.
 CREATE FUNCTION history_mrr_report(from_month date, to_month date)
 RETURNS TABLE (month date, starting_mrr numeric, new numeric, expansion numeric, contraction numeric, churn numeric, reactivation numeric,
                ending_mrr numeric, starting_customers bigint, customers bigint, new_customers bigint, reactivated_customers bigint, churned_customers bigint)
-LANGUAGE sql STABLE AS $$
+LANGUAGE plpgsql STABLE AS $$
+#variable_conflict use_column
+BEGIN
+  RETURN QUERY
   WITH per_month AS (
     SELECT m.month, sum(m.new) AS new, sum(m.expansion) AS expansion, sum(m.contraction) AS contraction, sum(m.churn) AS churn,
            sum(m.reactivation) AS reactivation, sum(m.new_customers) AS new_customers, sum(m.reactivated_customers) AS reactivated_customers,
@@ -299,7 +304,8 @@ LANGUAGE sql STABLE AS $$
   )
   SELECT month, ending_mrr - (new + expansion + reactivation - contraction - churn), new, expansion, contraction, churn, reactivation, ending_mrr,
          (customers - (new_customers + reactivated_customers - churned_customers))::bigint, customers::bigint, new_customers, reactivated_customers, churned_customers
-  FROM running ORDER BY month
+  FROM running ORDER BY month;
+END
 $$;
 
 -- Every subscription event with its effective time and whether it leaves the subscription in
@@ -315,7 +321,10 @@ FROM events e WHERE e.object_type = 'subscription';
 CREATE FUNCTION history_mrr_report_plain(from_month date, to_month date)
 RETURNS TABLE (month date, starting_mrr numeric, new numeric, expansion numeric, contraction numeric, churn numeric, reactivation numeric,
                ending_mrr numeric, starting_customers bigint, customers bigint, new_customers bigint, reactivated_customers bigint, churned_customers bigint)
-LANGUAGE sql STABLE AS $$
+LANGUAGE plpgsql STABLE AS $$
+#variable_conflict use_column
+BEGIN
+  RETURN QUERY
   WITH versions AS (
     -- Each version holds from its effective time until the next version's (or forever).
     SELECT v.*, lead(v.effective_at) OVER (PARTITION BY v.object_id ORDER BY v.id) AS until
@@ -347,13 +356,15 @@ LANGUAGE sql STABLE AS $$
          coalesce(sum((c.m).reactivated_customers), 0)::bigint, coalesce(sum((c.m).churned_customers), 0)::bigint
   FROM ends e LEFT JOIN classified c USING (month)
   WHERE e.month >= from_month
-  GROUP BY e.month ORDER BY e.month
+  GROUP BY e.month ORDER BY e.month;
+END
 $$;
 
 -- A user's subscriptions at t, from the events (every subscription that ever was theirs, each as
 -- its latest version in effect at t): plan_cost sum and count. For the few candidates of a top.
-CREATE FUNCTION history_user_at(u bigint, t timestamptz, OUT total numeric, OUT subscriptions bigint) LANGUAGE sql STABLE AS $$
-  SELECT coalesce(sum(v.plan_cost), 0), count(v.*)
+CREATE FUNCTION history_user_at(u bigint, t timestamptz, OUT total numeric, OUT subscriptions bigint) LANGUAGE plpgsql STABLE AS $$
+BEGIN
+  SELECT coalesce(sum(v.plan_cost), 0), count(v.*) INTO total, subscriptions
   FROM (SELECT DISTINCT e.object_id FROM events e WHERE e.user_id = u AND e.object_type = 'subscription') s
   CROSS JOIN LATERAL (
     SELECT z.* FROM (
@@ -361,16 +372,17 @@ CREATE FUNCTION history_user_at(u bigint, t timestamptz, OUT total numeric, OUT 
              max(e.occurred_at) OVER (ORDER BY e.id) AS effective_at
       FROM events e WHERE e.object_id = s.object_id AND e.object_type = 'subscription') z
     WHERE z.effective_at <= t ORDER BY z.id DESC LIMIT 1) v
-  WHERE v.type <> 'subscription.deleted' AND v.user_id = u
-$$;
+  WHERE v.type <> 'subscription.deleted' AND v.user_id = u;
+END $$;
 
 -- A user's name and email at t (their latest event in effect then).
-CREATE FUNCTION history_user_identity_at(u bigint, t timestamptz, OUT name text, OUT email text) LANGUAGE sql STABLE AS $$
-  SELECT (z.o).name, (z.o).email FROM (
+CREATE FUNCTION history_user_identity_at(u bigint, t timestamptz, OUT name text, OUT email text) LANGUAGE plpgsql STABLE AS $$
+BEGIN
+  SELECT (z.o).name, (z.o).email INTO name, email FROM (
     SELECT e.id, e.object_user AS o, max(e.occurred_at) OVER (ORDER BY e.id) AS effective_at
     FROM events e WHERE e.object_id = u::text AND e.object_type = 'user') z
-  WHERE z.effective_at <= t ORDER BY z.id DESC LIMIT 1
-$$;
+  WHERE z.effective_at <= t ORDER BY z.id DESC LIMIT 1;
+END $$;
 
 -- The top users at t from history_user_months, exact, by a threshold scan: a user's figures at t
 -- are those of their latest month row up to t's month. Rows of t's month are taken in order of
@@ -444,7 +456,10 @@ END $$;
 -- status and billing period, plan_cost per start month of the 12 months ending with t's, the top 5
 -- users with their name and email then. Buckets: months before t's month, days of t's month before
 -- t's day, instants of t's day up to t.
-CREATE FUNCTION history_analytics_inputs(t timestamptz) RETURNS jsonb LANGUAGE sql STABLE AS $$
+CREATE FUNCTION history_analytics_inputs(t timestamptz) RETURNS jsonb LANGUAGE plpgsql STABLE AS $$
+#variable_conflict use_column
+BEGIN
+  RETURN (
   WITH b AS (
     SELECT date_trunc('month', t AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' AS month_start, date_trunc('day', t AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' AS day_start,
            (date_trunc('month', t AT TIME ZONE 'UTC') - interval '11 months')::date AS first_month, date_trunc('month', t AT TIME ZONE 'UTC')::date AS last_month
@@ -470,12 +485,16 @@ CREATE FUNCTION history_analytics_inputs(t timestamptz) RETURNS jsonb LANGUAGE s
     'revenue', (SELECT coalesce(jsonb_agg(jsonb_build_object('month', to_char(start_month, 'YYYY-MM'), 'revenue', cost::text)), '[]') FROM revenue),
     'top_users', (SELECT coalesce(jsonb_agg(jsonb_build_object('user_id', tu.user_id, 'name', i.name, 'email', i.email, 'total_value', tu.total::text)
                                             ORDER BY tu.total DESC, tu.user_id), '[]')
-                  FROM history_top_users(t) tu CROSS JOIN LATERAL history_user_identity_at(tu.user_id, t) i))
+                  FROM history_top_users(t) tu CROSS JOIN LATERAL history_user_identity_at(tu.user_id, t) i)));
+END
 $$;
 
 -- The same inputs computed from the events alone (source=base_tables): every subscription as its
 -- latest version in effect at t.
-CREATE FUNCTION history_analytics_inputs_plain(t timestamptz) RETURNS jsonb LANGUAGE sql STABLE AS $$
+CREATE FUNCTION history_analytics_inputs_plain(t timestamptz) RETURNS jsonb LANGUAGE plpgsql STABLE AS $$
+#variable_conflict use_column
+BEGIN
+  RETURN (
   WITH live AS (
     SELECT DISTINCT ON (v.object_id) v.* FROM history_subscription_versions v WHERE v.effective_at <= t ORDER BY v.object_id, v.id DESC
   ), subs AS (SELECT * FROM live WHERE type <> 'subscription.deleted'),
@@ -496,12 +515,16 @@ CREATE FUNCTION history_analytics_inputs_plain(t timestamptz) RETURNS jsonb LANG
                   LEFT JOIN LATERAL (
                     SELECT z.o FROM (SELECT e.id, e.object_user AS o, max(e.occurred_at) OVER (ORDER BY e.id) AS effective_at
                                      FROM events e WHERE e.object_type = 'user' AND e.object_id = top.user_id::text) z
-                    WHERE z.effective_at <= t ORDER BY z.id DESC LIMIT 1) u ON true))
+                    WHERE z.effective_at <= t ORDER BY z.id DESC LIMIT 1) u ON true)));
+END
 $$;
 
 -- Every /api/analytics field at t, from the aggregates or (plain) the events alone, as the API
 -- shows it (money as 2-decimal strings, by_status in the status enum's order).
-CREATE FUNCTION history_analytics_at(t timestamptz, plain boolean) RETURNS jsonb LANGUAGE sql STABLE AS $$
+CREATE FUNCTION history_analytics_at(t timestamptz, plain boolean) RETURNS jsonb LANGUAGE plpgsql STABLE AS $$
+#variable_conflict use_column
+BEGIN
+  RETURN (
   WITH inputs AS (SELECT CASE WHEN plain THEN history_analytics_inputs_plain(t) ELSE history_analytics_inputs(t) END AS j),
   st AS (
     SELECT x.* FROM inputs, jsonb_to_recordset(inputs.j -> 'statuses') AS x (status text, billing_period text, count bigint, plan_cost numeric, mrr numeric)
@@ -531,7 +554,8 @@ CREATE FUNCTION history_analytics_at(t timestamptz, plain boolean) RETURNS jsonb
       FROM unnest(ARRAY['active', 'trialing', 'past_due', 'paused', 'canceled', 'expired']) WITH ORDINALITY AS s (status, position)
       LEFT JOIN (SELECT status, sum(count) AS n, sum(plan_cost) AS revenue FROM st GROUP BY status) x USING (status)),
     'mrr', (SELECT mrr::numeric(30, 2)::text FROM active),
-    'arr', (SELECT (monthly * 12 + yearly)::numeric(30, 2)::text FROM active))
+    'arr', (SELECT (monthly * 12 + yearly)::numeric(30, 2)::text FROM active)));
+END
 $$;
 
 -- ---------------------------------------------------------------------------------------------
