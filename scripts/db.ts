@@ -37,9 +37,7 @@ try {
       .finally(() => client.release(true));
     for (const r of history) console.log(`history ${r.aggregate} ${r.key}: stored ${r.stored ?? 'nothing'}, actual ${r.actual ?? 'nothing'}`);
     console.log(
-      history.length
-        ? `history: ${history.length} aggregate key(s) differed from the events; every history aggregate was rebuilt`
-        : 'history: every aggregate equals the events',
+      history.length ? `history: ${history.length} aggregate key(s) differed from the events; every history aggregate was rebuilt` : 'history: every aggregate equals the events',
     );
   } else if (command === 'seed') {
     await migrateToLatest(database.db);

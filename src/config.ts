@@ -73,11 +73,17 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     shutdownDelayMs: intFromEnv(env, 'SHUTDOWN_DELAY_MS', 0),
     idempotencyWaitMs: intFromEnv(env, 'IDEMPOTENCY_WAIT_MS', 10_000),
     webConcurrency: Math.max(1, intFromEnv(env, 'WEB_CONCURRENCY', 1)),
-    apiKeys: (env.API_KEYS ?? '').split(',').map((k) => k.trim()).filter(Boolean),
+    apiKeys: (env.API_KEYS ?? '')
+      .split(',')
+      .map((k) => k.trim())
+      .filter(Boolean),
     metricsPublic: env.METRICS_PUBLIC === '1',
     rateLimitPerMinute: intFromEnv(env, 'RATE_LIMIT_PER_MINUTE', 600),
     rateLimitWindowSeconds: intFromEnv(env, 'RATE_LIMIT_WINDOW_SECONDS', 60),
-    corsOrigins: (env.CORS_ORIGINS ?? '').split(',').map((o) => o.trim()).filter(Boolean),
+    corsOrigins: (env.CORS_ORIGINS ?? '')
+      .split(',')
+      .map((o) => o.trim())
+      .filter(Boolean),
     webhooks: {
       allowPrivate: env.WEBHOOK_ALLOW_PRIVATE === '1',
       timeoutMs: Math.max(1, intFromEnv(env, 'WEBHOOK_TIMEOUT_MS', 10_000)),

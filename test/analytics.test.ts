@@ -81,15 +81,18 @@ async function assertExact(t: ExecutionContext, label: string): Promise<void> {
 /** Same as the endpoint, but read in the caller's snapshot: exact even while others write. */
 /** Checks both sources against plain SQL in one snapshot; returns that snapshot's metrics (as JSON). */
 async function assertExactInOneSnapshot(): Promise<string> {
-  return app.database.db.transaction().setIsolationLevel('repeatable read').execute(async (trx) => {
-    const expected = await plainMetrics(trx);
-    const fromAggregates = withoutAsOf(await readAnalytics(trx, 'aggregates'));
-    const fromBase = withoutAsOf(await readAnalytics(trx, 'base_tables'));
-    if (JSON.stringify(fromAggregates) !== JSON.stringify(expected) || JSON.stringify(fromBase) !== JSON.stringify(expected)) {
-      throw new Error(`mid-flight difference:\n${JSON.stringify({ expected, fromAggregates, fromBase }, null, 1)}`);
-    }
-    return JSON.stringify(expected);
-  });
+  return app.database.db
+    .transaction()
+    .setIsolationLevel('repeatable read')
+    .execute(async (trx) => {
+      const expected = await plainMetrics(trx);
+      const fromAggregates = withoutAsOf(await readAnalytics(trx, 'aggregates'));
+      const fromBase = withoutAsOf(await readAnalytics(trx, 'base_tables'));
+      if (JSON.stringify(fromAggregates) !== JSON.stringify(expected) || JSON.stringify(fromBase) !== JSON.stringify(expected)) {
+        throw new Error(`mid-flight difference:\n${JSON.stringify({ expected, fromAggregates, fromBase }, null, 1)}`);
+      }
+      return JSON.stringify(expected);
+    });
 }
 
 const reset = () => app.database.pool.query('TRUNCATE users RESTART IDENTITY CASCADE');
@@ -106,17 +109,21 @@ test.serial('an empty database answers zeros, 12 zero months ending this UTC mon
       const d = new Date(Date.UTC(asOf.getUTCFullYear(), asOf.getUTCMonth() - 11 + i, 1));
       return { month: `${d.getUTCFullYear()}-${String(d.getUTCMonth() + 1).padStart(2, '0')}`, revenue: '0.00' };
     });
-    t.deepEqual(withoutAsOf(body), {
-      total_recurring_revenue: '0.00',
-      average_subscription_cost: '0.00',
-      monthly_revenue: months,
-      top_users: [],
-      subscription_count: 0,
-      active_subscription_count: 0,
-      by_status: STATUSES.map((status) => ({ status, count: 0, revenue: '0.00' })),
-      mrr: '0.00',
-      arr: '0.00',
-    } as Metrics, url);
+    t.deepEqual(
+      withoutAsOf(body),
+      {
+        total_recurring_revenue: '0.00',
+        average_subscription_cost: '0.00',
+        monthly_revenue: months,
+        top_users: [],
+        subscription_count: 0,
+        active_subscription_count: 0,
+        by_status: STATUSES.map((status) => ({ status, count: 0, revenue: '0.00' })),
+        mrr: '0.00',
+        arr: '0.00',
+      } as Metrics,
+      url,
+    );
   }
   t.deepEqual(withoutAsOf(await getAnalytics()), await plainMetrics(app.database.db));
 });
@@ -125,7 +132,10 @@ test.serial('an unknown source is a 400 naming the parameter', async (t) => {
   const response = await app.fetch('/api/analytics?source=cache');
   t.is(response.status, 400);
   const problem = (await response.json()) as { errors: Array<{ parameter?: string }> };
-  t.deepEqual(problem.errors.map((e) => e.parameter), ['source']);
+  t.deepEqual(
+    problem.errors.map((e) => e.parameter),
+    ['source'],
+  );
 });
 
 // ---- a randomized workload, statement by statement, straight in SQL -------------------------
@@ -142,14 +152,13 @@ const pick = fc.nat({ max: 1000 });
 
 // Picks the n-th user or subscription (mod the count), so generated indices always hit something.
 const nthUser = (param: string) => `(SELECT id FROM users ORDER BY id OFFSET ${param}::int % greatest((SELECT count(*) FROM users), 1) LIMIT 1)`;
-const nthSubscription = (param: string) =>
-  `(SELECT id FROM subscriptions ORDER BY id OFFSET ${param}::int % greatest((SELECT count(*) FROM subscriptions), 1) LIMIT 1)`;
+const nthSubscription = (param: string) => `(SELECT id FROM subscriptions ORDER BY id OFFSET ${param}::int % greatest((SELECT count(*) FROM subscriptions), 1) LIMIT 1)`;
 
 type Statement = { text: string; values: unknown[] };
 const statement = (text: string, ...values: unknown[]): Statement => ({ text, values });
 
 const bulkUpdates = [
-  "UPDATE subscriptions SET plan_cost = plan_cost + 1.01 WHERE id % $1 = $2",
+  'UPDATE subscriptions SET plan_cost = plan_cost + 1.01 WHERE id % $1 = $2',
   "UPDATE subscriptions SET status = (ARRAY['active','trialing','past_due','paused','canceled','expired'])[1 + (id + $2) % 6] WHERE id % $1 = $2",
   'UPDATE subscriptions SET start_date = start_date - 31 WHERE id % $1 = $2',
   "UPDATE subscriptions SET billing_period = CASE billing_period WHEN 'month' THEN 'year' ELSE 'month' END WHERE id % $1 = $2",
@@ -162,7 +171,11 @@ const insertOneStatement = (s: { user: number; status: string; cost: string; per
   statement(
     `INSERT INTO subscriptions (user_id, status, plan_cost, billing_period, start_date)
      SELECT u.id, $2::text, $3::numeric, $4::text, current_date + $5::int FROM ${nthUser('$1')} u`,
-    s.user, s.status, s.cost, s.period, s.start,
+    s.user,
+    s.status,
+    s.cost,
+    s.period,
+    s.start,
   );
 const insertOne = fc.record({ user: pick, status, cost, period, start: startOffset }).map(insertOneStatement);
 const insertMany = fc.record({ n: fc.integer({ min: 1, max: 40 }), seed: pick }).map((s) =>
@@ -173,36 +186,36 @@ const insertMany = fc.record({ n: fc.integer({ min: 1, max: 40 }), seed: pick })
             current_date - ((i * 37 + $2) % 420)
      FROM generate_series(1, $1::int) i
      JOIN (SELECT id, row_number() OVER (ORDER BY id) - 1 AS rn, count(*) OVER () AS n FROM users) u ON u.rn = (i + $2) % u.n`,
-    s.n, s.seed,
+    s.n,
+    s.seed,
   ),
 );
-const updateOne = fc
-  .record(
-    { sub: pick, status, cost, start: startOffset, user: pick, period, name: fc.constantFrom('basic', 'pro') },
-    { requiredKeys: ['sub'] },
-  )
-  .map((s) =>
-    statement(
-      `UPDATE subscriptions SET status = coalesce($2, status), plan_cost = coalesce($3::numeric, plan_cost),
+const updateOne = fc.record({ sub: pick, status, cost, start: startOffset, user: pick, period, name: fc.constantFrom('basic', 'pro') }, { requiredKeys: ['sub'] }).map((s) =>
+  statement(
+    `UPDATE subscriptions SET status = coalesce($2, status), plan_cost = coalesce($3::numeric, plan_cost),
          start_date = coalesce(current_date + $4::int, start_date),
          user_id = CASE WHEN $5::int IS NULL THEN user_id ELSE coalesce(${nthUser('$5')}, user_id) END,
          billing_period = coalesce($6, billing_period), plan_name = coalesce($7, plan_name)
        WHERE id = ${nthSubscription('$1')}`,
-      s.sub, s.status ?? null, s.cost ?? null, s.start ?? null, s.user ?? null, s.period ?? null, s.name ?? null,
-    ),
-  );
-const updateMany = fc.record({ sql: fc.constantFrom(...bulkUpdates), mod: fc.integer({ min: 1, max: 4 }), rem: fc.nat({ max: 3 }) }).map((s) =>
-  statement(s.sql, s.mod, s.rem % s.mod),
+    s.sub,
+    s.status ?? null,
+    s.cost ?? null,
+    s.start ?? null,
+    s.user ?? null,
+    s.period ?? null,
+    s.name ?? null,
+  ),
 );
+const updateMany = fc
+  .record({ sql: fc.constantFrom(...bulkUpdates), mod: fc.integer({ min: 1, max: 4 }), rem: fc.nat({ max: 3 }) })
+  .map((s) => statement(s.sql, s.mod, s.rem % s.mod));
 const deleteOne = pick.map((sub) => statement(`DELETE FROM subscriptions WHERE id = ${nthSubscription('$1')}`, sub));
-const deleteMany = fc.record({ mod: fc.integer({ min: 2, max: 5 }), rem: fc.nat({ max: 4 }) }).map((s) =>
-  statement('DELETE FROM subscriptions WHERE id % $1 = $2', s.mod, s.rem % s.mod),
-);
+const deleteMany = fc
+  .record({ mod: fc.integer({ min: 2, max: 5 }), rem: fc.nat({ max: 4 }) })
+  .map((s) => statement('DELETE FROM subscriptions WHERE id % $1 = $2', s.mod, s.rem % s.mod));
 // Cascades: the user's subscriptions go with it.
 const deleteUser = pick.map((user) => statement(`DELETE FROM users WHERE id = ${nthUser('$1')}`, user));
-const createUser = fc.nat().map((n) =>
-  statement("INSERT INTO users (name, email) VALUES ('User', 'user' || $1::text || '.' || nextval('users_id_seq') || '@example.com')", n),
-);
+const createUser = fc.nat().map((n) => statement("INSERT INTO users (name, email) VALUES ('User', 'user' || $1::text || '.' || nextval('users_id_seq') || '@example.com')", n));
 
 const singleStatement: fc.Arbitrary<Statement> = fc.oneof(insertOne, insertMany, updateOne, updateMany, deleteOne, deleteMany, deleteUser, createUser);
 /**
@@ -215,7 +228,10 @@ const concurrentStatement: fc.Arbitrary<Statement> = fc.oneof(insertOne, insertM
 type Step = { kind: 'statement'; statement: Statement } | { kind: 'transaction'; statements: Statement[]; commit: boolean } | { kind: 'truncate' };
 const step: fc.Arbitrary<Step> = fc.oneof(
   { weight: 12, arbitrary: singleStatement.map((s): Step => ({ kind: 'statement', statement: s })) },
-  { weight: 2, arbitrary: fc.record({ statements: fc.array(singleStatement, { minLength: 2, maxLength: 5 }), commit: fc.boolean() }).map((s): Step => ({ kind: 'transaction', ...s })) },
+  {
+    weight: 2,
+    arbitrary: fc.record({ statements: fc.array(singleStatement, { minLength: 2, maxLength: 5 }), commit: fc.boolean() }).map((s): Step => ({ kind: 'transaction', ...s })),
+  },
   { weight: 1, arbitrary: fc.constant<Step>({ kind: 'truncate' }) },
 );
 
@@ -273,9 +289,7 @@ test.serial('after random inserts, updates, deletes, cascades, bulk statements a
     await fc.assert(
       fc.asyncProperty(fc.array(step, { minLength: 1, maxLength: 30 }), async (steps) => {
         await reset();
-        await client.query(
-          "INSERT INTO users (name, email) SELECT 'User ' || i, 'seed' || i || '@example.com' FROM generate_series(1, 8) i",
-        );
+        await client.query("INSERT INTO users (name, email) SELECT 'User ' || i, 'seed' || i || '@example.com' FROM generate_series(1, 8) i");
         for (const s of steps) refused += await run(client, s);
         await assertExactInOneSnapshot();
       }),
@@ -371,10 +385,7 @@ test.serial('many parallel writers through the API: no 5xx (a deadlock would be 
   const failures: string[] = [];
   const today = new Date();
   const day = (offset: number) => new Date(today.getTime() + offset * 86_400_000).toISOString().slice(0, 10);
-  const ops = fc.sample(
-    fc.record({ kind: fc.nat({ max: 99 }), user: pick, other: pick, status, cost, period, start: startOffset }),
-    { numRuns: 16 * 40, seed: 11 },
-  );
+  const ops = fc.sample(fc.record({ kind: fc.nat({ max: 99 }), user: pick, other: pick, status, cost, period, start: startOffset }), { numRuns: 16 * 40, seed: 11 });
   let next = 0;
   await Promise.all(
     Array.from({ length: 16 }, async () => {
@@ -398,12 +409,18 @@ test.serial('many parallel writers through the API: no 5xx (a deadlock would be 
             { billing_period: op.period },
             { status: op.status, plan_cost: op.cost, user_id: userId },
           ][op.other % 6]!;
-          ({ response: { status } } = await app.client.PATCH('/subscriptions/{id}', { params: { path: { id: subId } }, body: changes }));
+          ({
+            response: { status },
+          } = await app.client.PATCH('/subscriptions/{id}', { params: { path: { id: subId } }, body: changes }));
         } else if (op.kind < 97) {
-          ({ response: { status } } = await app.client.DELETE('/subscriptions/{id}', { params: { path: { id: subId } } }));
+          ({
+            response: { status },
+          } = await app.client.DELETE('/subscriptions/{id}', { params: { path: { id: subId } } }));
         } else {
           // Deleting a user cascades to its subscriptions; the ids stay in the pool and then 404/409.
-          ({ response: { status } } = await app.client.DELETE('/users/{id}', { params: { path: { id: userId } } }));
+          ({
+            response: { status },
+          } = await app.client.DELETE('/users/{id}', { params: { path: { id: userId } } }));
         }
         if (status >= 500) failures.push(`op ${JSON.stringify(op)} -> ${status}`);
       }
@@ -419,9 +436,7 @@ test.serial('many parallel writers through the API: no 5xx (a deadlock would be 
 
 test.serial('the answer from the aggregates never reads subscriptions: it comes while another transaction locks the table', async (t) => {
   await reset();
-  await app.database.pool.query(
-    "INSERT INTO users (name, email) SELECT 'User ' || i, 'lock' || i || '@example.com' FROM generate_series(1, 20) i",
-  );
+  await app.database.pool.query("INSERT INTO users (name, email) SELECT 'User ' || i, 'lock' || i || '@example.com' FROM generate_series(1, 20) i");
   await app.database.pool.query(
     `INSERT INTO subscriptions (user_id, status, plan_cost, billing_period, start_date)
      SELECT 1 + i % 20, (ARRAY['active','canceled'])[1 + i % 2], i * 1.25, 'month', current_date - i FROM generate_series(1, 300) i`,

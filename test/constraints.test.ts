@@ -43,7 +43,7 @@ const nameValues = fc.oneof(
   fc.string({ unit: 'binary', maxLength: 20 }),
 );
 
-const EMAIL_UNITS = [...'aZ09.-_+!#$%&\'*/=?^`{|}~@', 'é', 'K', '\u017f', '\u212a', ' ', '"', '(', ',', ':', ';', '<', '[', '\\'];
+const EMAIL_UNITS = [..."aZ09.-_+!#$%&'*/=?^`{|}~@", 'é', 'K', '\u017f', '\u212a', ' ', '"', '(', ',', ':', ';', '<', '[', '\\'];
 const emailValues = fc.oneof(
   fc.emailAddress(),
   fc.emailAddress().map((e) => e.toUpperCase()),
@@ -64,10 +64,28 @@ const FIELDS: Field[] = [
   { constraint: 'users_name_check', column: 'name', operationId: 'createUser', path: '/users', body: { email: 'a@example.com' }, values: nameValues },
   { constraint: 'users_email_check', column: 'email', operationId: 'createUser', path: '/users', body: { name: 'A' }, values: emailValues },
   { constraint: 'features_name_check', column: 'name', operationId: 'createFeature', path: '/features', body: {}, values: nameValues },
-  { constraint: 'features_description_check', column: 'description', operationId: 'createFeature', path: '/features', body: { name: 'F' },
-    values: fc.oneof(fc.string({ unit: 'binary', maxLength: 8 }), fc.integer({ min: 1995, max: 2005 }).map((n) => '😀'.repeat(n))) },
-  { constraint: 'subscriptions_plan_name_check', column: 'plan_name', operationId: 'createSubscription', path: '/subscriptions', body: SUBSCRIPTION,
-    values: fc.oneof(fc.string({ unit: 'binary', maxLength: 8 }), fc.integer({ min: 95, max: 105 }).chain((n) => fc.constantFrom('a'.repeat(n), '😀'.repeat(n)))) },
+  {
+    constraint: 'features_description_check',
+    column: 'description',
+    operationId: 'createFeature',
+    path: '/features',
+    body: { name: 'F' },
+    values: fc.oneof(
+      fc.string({ unit: 'binary', maxLength: 8 }),
+      fc.integer({ min: 1995, max: 2005 }).map((n) => '😀'.repeat(n)),
+    ),
+  },
+  {
+    constraint: 'subscriptions_plan_name_check',
+    column: 'plan_name',
+    operationId: 'createSubscription',
+    path: '/subscriptions',
+    body: SUBSCRIPTION,
+    values: fc.oneof(
+      fc.string({ unit: 'binary', maxLength: 8 }),
+      fc.integer({ min: 95, max: 105 }).chain((n) => fc.constantFrom('a'.repeat(n), '😀'.repeat(n))),
+    ),
+  },
 ];
 
 /** PostgreSQL text cannot hold NUL or a lone surrogate; such input is refused before any CHECK (a 400). */
@@ -86,10 +104,9 @@ const apiAccepts = (field: Field, value: string): boolean => {
 
 for (const field of FIELDS) {
   test(`${field.constraint} accepts exactly what the API accepts for ${field.column}`, async (t) => {
-    const { rows: [definition] } = await database.pool.query<{ check: string }>(
-      `SELECT pg_get_constraintdef(oid) AS check FROM pg_constraint WHERE conname = $1`,
-      [field.constraint],
-    );
+    const {
+      rows: [definition],
+    } = await database.pool.query<{ check: string }>(`SELECT pg_get_constraintdef(oid) AS check FROM pg_constraint WHERE conname = $1`, [field.constraint]);
     const expression = /^CHECK \((.*)\)$/s.exec(definition?.check ?? '')?.[1];
     if (!expression) throw new Error(`no CHECK named ${field.constraint}`);
 
@@ -100,9 +117,7 @@ for (const field of FIELDS) {
     );
     // A CHECK passes when its expression is true or null.
     const byDatabase = new Map(rows.map((r) => [r.value, r.ok !== false]));
-    const disagreements = values
-      .map((value) => ({ value, api: apiAccepts(field, value), database: byDatabase.get(value) }))
-      .filter((d) => d.api !== d.database);
+    const disagreements = values.map((value) => ({ value, api: apiAccepts(field, value), database: byDatabase.get(value) })).filter((d) => d.api !== d.database);
     const accepted = values.filter((v) => byDatabase.get(v)).length;
     t.log(`${values.length} distinct values, ${accepted} accepted by both`);
     t.true(accepted > 0 && accepted < values.length, 'the sample holds both valid and invalid values');

@@ -55,15 +55,7 @@ test.before(async () => {
   browser = await chromium.launchPersistentContext(profileDir, {
     executablePath: CHROMIUM,
     headless: true,
-    args: [
-      '--no-sandbox',
-      '--disable-gpu',
-      '--disable-background-networking',
-      '--no-first-run',
-      '--disable-quic',
-      '--disable-component-update',
-      '--disable-sync',
-    ],
+    args: ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--no-first-run', '--disable-quic', '--disable-component-update', '--disable-sync'],
   });
   // The network is closed: anything not on loopback is counted and aborted.
   await browser.route('**/*', (route) => {
@@ -147,9 +139,7 @@ browserTest(`/docs renders every operation's summary in headless Chromium with t
     // tag the sidebar lists, gather the operation links its page shows, then open each operation
     // and wait for its summary as the heading and as the sidebar entry.
     await page.waitForSelector('[data-component-name="Menu/MenuItem"].menu-item-type-group a[href]', { timeout: 20_000 });
-    const tagRoutes = await page.$$eval('[data-component-name="Menu/MenuItem"].menu-item-type-group > a[href]', (links) =>
-      links.map((link) => link.getAttribute('href') ?? ''),
-    );
+    const tagRoutes = await page.$$eval('[data-component-name="Menu/MenuItem"].menu-item-type-group > a[href]', (links) => links.map((link) => link.getAttribute('href') ?? ''));
     t.true(tagRoutes.length > 0, 'the sidebar lists the tags');
     const hashes = new Set<string>();
     for (const route of tagRoutes) {

@@ -61,10 +61,7 @@ test.serial('when PostgreSQL stops mid-load the service answers 503 problems, ne
   let postgres: RunningPostgres | undefined = await startEmbeddedPostgres({ dataDir: path.join(dir, 'pg'), port });
   await ensureDatabase(postgres.adminUrl, 'faults');
   const databaseUrl = postgres.urlFor('faults');
-  const service = await startService(
-    { ...loadConfig({}), databaseUrl, port: 0, host: '127.0.0.1', apiKeys: [KEY], dataDir: dir },
-    pino({ level: 'silent' }),
-  );
+  const service = await startService({ ...loadConfig({}), databaseUrl, port: 0, host: '127.0.0.1', apiKeys: [KEY], dataDir: dir }, pino({ level: 'silent' }));
   try {
     const outcomes: Outcome[] = [];
     let n = 0;
@@ -91,7 +88,11 @@ test.serial('when PostgreSQL stops mid-load the service answers 503 problems, ne
     await Promise.all(workers);
 
     const statuses = outcomes.map((o) => o.status);
-    t.deepEqual(statuses.filter((s) => s !== 201 && s !== 503), [], 'only 201s and 503s, no 500s, no hangs');
+    t.deepEqual(
+      statuses.filter((s) => s !== 201 && s !== 503),
+      [],
+      'only 201s and 503s, no 500s, no hangs',
+    );
     t.true(outcomes.filter((o) => o.status === 503).every((o) => o.contentType === 'application/problem+json'));
     // Nothing that got a 201 was lost.
     const ids = outcomes.flatMap((o) => (o.id ? [o.id] : []));
@@ -121,7 +122,10 @@ test.serial('SIGTERM drains: in-flight requests finish, the embedded database st
   child.stderr.on('data', (chunk) => (output += chunk));
   const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
   try {
-    await waitFor(() => `the service to start; its output so far:\n${output.slice(-2000)}`, () => output.includes('serving on') || child.exitCode !== null);
+    await waitFor(
+      () => `the service to start; its output so far:\n${output.slice(-2000)}`,
+      () => output.includes('serving on') || child.exitCode !== null,
+    );
     t.true(output.includes('serving on'), output.slice(-2000));
     const baseUrl = `http://127.0.0.1:${httpPort}`;
     const outcomes: Outcome[] = [];
@@ -144,7 +148,10 @@ test.serial('SIGTERM drains: in-flight requests finish, the embedded database st
     t.is(code, 0, output.slice(-2000));
     t.regex(output, /SIGTERM: stopping/);
     // Every answer before the listener closed was a complete one; afterwards connections are refused.
-    t.deepEqual(outcomes.filter((o) => o.status !== 201 && o.status !== 'network'), []);
+    t.deepEqual(
+      outcomes.filter((o) => o.status !== 201 && o.status !== 'network'),
+      [],
+    );
     t.false(fs.existsSync(path.join(dir, 'pg16', 'postmaster.pid')), 'PostgreSQL shut down cleanly');
     // Start the database again and count what the clients were told was created.
     const postgres = await startEmbeddedPostgres({ dataDir: path.join(dir, 'pg16'), port: pgPort });

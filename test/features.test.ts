@@ -14,8 +14,7 @@ async function createFeature(name = unique('Feature'), description?: string | nu
   return { feature: data, response };
 }
 
-const featuresNamed = async (name: string) =>
-  Number((await app.database.pool.query('SELECT count(*) FROM features WHERE lower(name) = lower($1)', [name])).rows[0].count);
+const featuresNamed = async (name: string) => Number((await app.database.pool.query('SELECT count(*) FROM features WHERE lower(name) = lower($1)', [name])).rows[0].count);
 
 test('creating a feature is a 201 with Location and ETag', async (t) => {
   const name = unique('SMS Notifications');
@@ -33,7 +32,10 @@ test('a duplicate name, ignoring case, is a 409 naming /name and stores nothing'
   await createFeature(name);
   const { error, response } = await app.client.POST('/features', { body: { name: name.toUpperCase() } });
   t.is(response.status, 409);
-  t.deepEqual(error?.errors?.map((e) => e.pointer), ['/name']);
+  t.deepEqual(
+    error?.errors?.map((e) => e.pointer),
+    ['/name'],
+  );
   t.is(await featuresNamed(name), 1);
 });
 
@@ -48,7 +50,11 @@ test('invalid feature bodies are 400s naming the field', async (t) => {
   for (const [body, pointers] of cases) {
     const response = await app.fetch('/api/features', { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
     t.is(response.status, 400, JSON.stringify(body));
-    t.deepEqual((await response.json()).errors.map((e: { pointer: string }) => e.pointer), pointers, JSON.stringify(body));
+    t.deepEqual(
+      (await response.json()).errors.map((e: { pointer: string }) => e.pointer),
+      pointers,
+      JSON.stringify(body),
+    );
   }
 });
 
@@ -110,7 +116,10 @@ test('PATCH changes only what is sent; null clears the description; a taken name
   const { feature: other } = await createFeature();
   const taken = await app.client.PATCH('/features/{id}', { params: { path: { id: feature.id } }, body: { name: other.name.toLowerCase() } });
   t.is(taken.response.status, 409);
-  t.deepEqual(taken.error?.errors?.map((e) => e.pointer), ['/name']);
+  t.deepEqual(
+    taken.error?.errors?.map((e) => e.pointer),
+    ['/name'],
+  );
   const missing = await app.client.PATCH('/features/{id}', { params: { path: { id: 987654321 } }, body: { name: unique('x') } });
   t.is(missing.response.status, 404);
 });
@@ -166,10 +175,7 @@ test('deleting a feature still attached is a 409 and changes nothing; once detac
 // 60,000 names the planner rightly prefers a scan (the GIN estimate is flat, about 2,000); above, the index.
 test.serial('name search (q) is served by the trigram index in a large catalogue, and stays exact', async (t) => {
   const prefix = `Bulk ${process.pid}`;
-  await app.database.pool.query(
-    `INSERT INTO features (name, description) SELECT $1::text || ' ' || md5(i::text), NULL FROM generate_series(1, 80000) i`,
-    [prefix],
-  );
+  await app.database.pool.query(`INSERT INTO features (name, description) SELECT $1::text || ' ' || md5(i::text), NULL FROM generate_series(1, 80000) i`, [prefix]);
   try {
     await app.database.pool.query('ANALYZE features');
     const wanted = (await app.database.pool.query<{ name: string }>(`SELECT $1::text || ' ' || md5('12345') AS name`, [prefix])).rows[0]!.name;

@@ -39,9 +39,7 @@ test.before(async () => {
   const q = (text: string) => app.database.pool.query<{ id: number }>(text).then((r) => r.rows[0]!.id);
   ids.user = await q("INSERT INTO users (name, email) VALUES ('Fuzz Target', 'fuzz.target@example.com') RETURNING id");
   ids.feature = await q("INSERT INTO features (name) VALUES ('Fuzz Feature') RETURNING id");
-  ids.subscription = await q(
-    `INSERT INTO subscriptions (user_id, status, plan_cost, start_date) VALUES (${ids.user}, 'active', 9.99, '2024-01-15') RETURNING id`,
-  );
+  ids.subscription = await q(`INSERT INTO subscriptions (user_id, status, plan_cost, start_date) VALUES (${ids.user}, 'active', 9.99, '2024-01-15') RETURNING id`);
   await app.database.pool.query(`INSERT INTO subscription_features (subscription_id, feature_id) VALUES (${ids.subscription}, ${ids.feature})`);
 });
 test.after.always(async () => {
@@ -53,9 +51,7 @@ const TABLES_QUERY = "SELECT tablename AS name FROM pg_tables WHERE schemaname =
 
 /** A fingerprint of every table's content. */
 async function snapshot(): Promise<Record<string, string>> {
-  const { rows: tables } = await app.database.pool.query<{ name: string }>(
-    TABLES_QUERY,
-  );
+  const { rows: tables } = await app.database.pool.query<{ name: string }>(TABLES_QUERY);
   const result: Record<string, string> = {};
   for (const { name } of tables) {
     const { rows } = await app.database.pool.query(`SELECT count(*)::text || ':' || coalesce(md5(string_agg(t::text, '|' ORDER BY t::text)), '') AS h FROM "${name}" t`);
@@ -74,21 +70,15 @@ async function snapshot(): Promise<Record<string, string>> {
 let fingerprintQuery = '';
 async function fingerprint(): Promise<Record<string, string>> {
   if (!fingerprintQuery) {
-    const { rows: tables } = await app.database.pool.query<{ name: string }>(
-      TABLES_QUERY,
-    );
+    const { rows: tables } = await app.database.pool.query<{ name: string }>(TABLES_QUERY);
     fingerprintQuery = tables
-      .map(
-        ({ name }) =>
-          `SELECT '${name}' AS name, count(*) || ':' || coalesce(max(xmin::text::bigint), 0) || ':' || coalesce(sum(hashtext(t::text)), 0) AS fp FROM "${name}" t`,
-      )
+      .map(({ name }) => `SELECT '${name}' AS name, count(*) || ':' || coalesce(max(xmin::text::bigint), 0) || ':' || coalesce(sum(hashtext(t::text)), 0) AS fp FROM "${name}" t`)
       .join(' UNION ALL ');
   }
   const { rows } = await app.database.pool.query<{ name: string; fp: string }>(fingerprintQuery);
   return Object.fromEntries(rows.map((r) => [r.name, r.fp]));
 }
-const changedTables = (before: Record<string, string>, after: Record<string, string>) =>
-  Object.keys({ ...before, ...after }).filter((name) => before[name] !== after[name]);
+const changedTables = (before: Record<string, string>, after: Record<string, string>) => Object.keys({ ...before, ...after }).filter((name) => before[name] !== after[name]);
 
 const flatten = (schema: Schema): Schema => (schema.allOf ? Object.assign({}, ...schema.allOf.map(flatten), { ...schema, allOf: undefined }) : schema);
 
@@ -184,7 +174,8 @@ function invalidBodyValues(raw: Schema): unknown[] {
 function invalidParamValues(raw: Schema): string[] {
   const schema = flatten(raw);
   // A repeated query parameter arrives as several occurrences joined by \u0001 here, split when sent.
-  if (schema.type === 'array') return ['bogus', SQL, ...(schema.maxItems ? [Array.from({ length: schema.maxItems + 1 }, () => String(schema.items?.enum?.[0] ?? 'x')).join('\u0001')] : [])];
+  if (schema.type === 'array')
+    return ['bogus', SQL, ...(schema.maxItems ? [Array.from({ length: schema.maxItems + 1 }, () => String(schema.items?.enum?.[0] ?? 'x')).join('\u0001')] : [])];
   const values: string[] = [];
   if (schema.type === 'integer' || restrictive(schema)) values.push(SQL, 'ünï', '\u0000');
   if (schema.type === 'integer') values.push('abc', '1.5', '-1', '0', '99999999999999999999', '1,5', 'NaN', 'Infinity');
@@ -307,13 +298,17 @@ test('invalid values for every parameter and body field are 4xx problems and cha
     init: { headers?: Record<string, string>; body?: string },
     options: { mayBeRefused?: string; remembers?: string } = {},
   ): Promise<{ status: number; replayed: string | null } | undefined> {
-    const headers = Object.entries(init.headers ?? {}).map(([name, value]) => ` ${name}: ${show(value)}`).join('');
+    const headers = Object.entries(init.headers ?? {})
+      .map(([name, value]) => ` ${name}: ${show(value)}`)
+      .join('');
     const where = `${operation.operationId} ${operation.method.toUpperCase()} ${path}${headers} ${init.body?.slice(0, 120) ?? ''}`;
-    const response = await app.fetch(path, {
-      method: operation.method.toUpperCase(),
-      headers: { ...(init.body !== undefined ? { 'content-type': 'application/json' } : {}), ...init.headers },
-      ...(init.body !== undefined ? { body: init.body } : {}),
-    }).catch((err: Error) => ({ status: 0, err }) as const);
+    const response = await app
+      .fetch(path, {
+        method: operation.method.toUpperCase(),
+        headers: { ...(init.body !== undefined ? { 'content-type': 'application/json' } : {}), ...init.headers },
+        ...(init.body !== undefined ? { body: init.body } : {}),
+      })
+      .catch((err: Error) => ({ status: 0, err }) as const);
     if (!('headers' in response) && options.mayBeRefused !== undefined && refusedByClient(response.err)) {
       skipped.set(options.mayBeRefused, (skipped.get(options.mayBeRefused) ?? 0) + 1);
       return undefined;
@@ -340,7 +335,9 @@ test('invalid values for every parameter and body field are 4xx problems and cha
     if (options.remembers !== undefined && result) {
       const { rows } = await app.database.pool.query<{ status: number }>('SELECT status FROM idempotency_keys WHERE key = $1', [options.remembers]);
       if (changed.join() !== 'idempotency_keys' || rows.length !== 1 || rows[0]!.status !== result.status) {
-        failures.push(`${where}: expected only the key's own row (status ${result.status}) to be stored; changed: ${changed.join(', ') || 'nothing'}; rows ${JSON.stringify(rows)}`);
+        failures.push(
+          `${where}: expected only the key's own row (status ${result.status}) to be stored; changed: ${changed.join(', ') || 'nothing'}; rows ${JSON.stringify(rows)}`,
+        );
       }
       rememberedKeys.push(options.remembers);
     } else if (changed.length) {
@@ -374,7 +371,10 @@ test('invalid values for every parameter and body field are 4xx problems and cha
           // A GET with a bad query must not change anything even when the operation is a write.
           await send(operation, 'query', `${pathFor(operation, pathParams)}?${qs}`, withBody);
         } else if (parameter.in === 'header' && parameter.name === 'If-Match') {
-          await send(operation, 'header', pathFor(operation, pathParams), { headers: { 'If-Match': value.replace(/[\u0000-\u001f\u007f-\uffff]/g, '?') || '"stale"' }, ...withBody });
+          await send(operation, 'header', pathFor(operation, pathParams), {
+            headers: { 'If-Match': value.replace(/[\u0000-\u001f\u007f-\uffff]/g, '?') || '"stale"' },
+            ...withBody,
+          });
         }
       }
     }
@@ -463,10 +463,19 @@ test('invalid values for every parameter and body field are 4xx problems and cha
   const totals: Record<string, number> = {};
   for (const [operationId, byKind] of Object.entries(counts)) {
     for (const [kind, n] of Object.entries(byKind)) totals[kind] = (totals[kind] ?? 0) + n;
-    t.log(`${operationId}: ${kinds.filter((k) => byKind[k]).map((k) => `${byKind[k]} ${k}`).join(', ')}`);
+    t.log(
+      `${operationId}: ${kinds
+        .filter((k) => byKind[k])
+        .map((k) => `${byKind[k]} ${k}`)
+        .join(', ')}`,
+    );
   }
   t.log(`by kind: ${kinds.map((k) => `${totals[k] ?? 0} ${k}`).join(', ')}`);
-  t.log(`by method: ${Object.entries(byMethod).map(([method, n]) => `${n} ${method}`).join(', ')}`);
+  t.log(
+    `by method: ${Object.entries(byMethod)
+      .map(([method, n]) => `${n} ${method}`)
+      .join(', ')}`,
+  );
   const notSent = [...skipped.values()].reduce((a, b) => a + b, 0);
   t.log(`${notSent} header requests not sent, the HTTP client refusing their value: ${[...skipped.keys()].join(', ')}`);
 

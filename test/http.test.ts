@@ -26,11 +26,7 @@ async function getPathsOfTheSpec(): Promise<string[]> {
   const paths = loadSpec().document.paths as Record<string, Record<string, unknown>>;
   return Object.entries(paths)
     .filter(([, item]) => 'get' in item)
-    .map(([template]) =>
-      template
-        .replace(/^\/([\w-]+)\/\{id\}/, (_, resource: string) => `/${resource}/${ids[resource]}`)
-        .replace('{feature_id}', String(feature!.id)),
-    )
+    .map(([template]) => template.replace(/^\/([\w-]+)\/\{id\}/, (_, resource: string) => `/${resource}/${ids[resource]}`).replace('{feature_id}', String(feature!.id)))
     .map((path) => `/api${path}${path.endsWith('s') && !path.endsWith('analytics') ? '?limit=1' : ''}`);
 }
 
@@ -90,7 +86,10 @@ test('a 500-row page goes out compressed, at least 4x smaller with gzip; small b
   t.is(plain.status, 200);
   t.is(plain.headers['content-encoding'], undefined);
   t.is((JSON.parse(plain.body.toString()) as { data: unknown[] }).data.length, 500);
-  for (const [encoding, decode] of [['gzip', zlib.gunzipSync], ['br', zlib.brotliDecompressSync]] as const) {
+  for (const [encoding, decode] of [
+    ['gzip', zlib.gunzipSync],
+    ['br', zlib.brotliDecompressSync],
+  ] as const) {
     const packed = await rawGet(path, { 'Accept-Encoding': encoding });
     t.is(packed.headers['content-encoding'], encoding);
     t.regex(String(packed.headers.vary), /Accept-Encoding/i);

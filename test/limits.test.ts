@@ -19,12 +19,10 @@ async function lockUsers(databaseUrl: string) {
   return {
     /** Resolves once some other session waits for the lock (60 s hang guard); fails once `ended` says why not. */
     async waiter(ended: () => string | undefined = () => undefined) {
-      for (const deadline = Date.now() + 60_000; Date.now() < deadline; ) {
+      for (const deadline = Date.now() + 60_000; Date.now() < deadline;) {
         const why = ended();
         if (why) throw new Error(`the request ended before it waited for the lock: ${why}`);
-        const { rowCount } = await blocker.query(
-          "SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()",
-        );
+        const { rowCount } = await blocker.query("SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()");
         if (rowCount) return;
         await new Promise((resolve) => setTimeout(resolve, 20));
       }

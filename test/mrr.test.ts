@@ -77,7 +77,9 @@ function ratio(a: bigint, b: bigint, places: number): string | null {
 
 /** The report as the contract defines it, from each user's MRR at every month end since the first event. */
 async function expectedReport(db: Kysely<Database>, from: string, to: string, now: Date): Promise<MrrMonth[]> {
-  const { rows: [first] } = await sql<{ m: string | null }>`SELECT to_char(min(occurred_at) AT TIME ZONE 'UTC', 'YYYY-MM') AS m FROM events`.execute(db);
+  const {
+    rows: [first],
+  } = await sql<{ m: string | null }>`SELECT to_char(min(occurred_at) AT TIME ZONE 'UTC', 'YYYY-MM') AS m FROM events`.execute(db);
   const start = first?.m && first.m < from ? first.m : from;
   const current = month(now);
   const ends = new Map<string, Map<string, bigint>>();
@@ -198,28 +200,33 @@ function assertIdentity(t: ExecutionContext, report: MrrReport, label: string) {
  * mrr is the current month's ending_mrr, and at each instant both as_of answers equal the oracle.
  */
 async function checkInOneSnapshot(from: string, to: string, instants: string[]): Promise<string> {
-  return app.database.db.transaction().setIsolationLevel('repeatable read').execute(async (trx) => {
-    const { rows: [clock] } = await sql<{ now: Date }>`SELECT now()`.execute(trx);
-    const expected = await expectedReport(trx, from, to, clock!.now);
-    const fromAggregates = await readMrrReport(trx, { from, to }, 'aggregates');
-    const fromEvents = await readMrrReport(trx, { from, to }, 'base_tables');
-    const problems: unknown[] = [];
-    if (JSON.stringify(fromAggregates.months) !== JSON.stringify(expected)) problems.push({ report: 'aggregates', diff: differences(expected, fromAggregates.months) });
-    if (JSON.stringify(fromEvents.months) !== JSON.stringify(expected)) problems.push({ report: 'base_tables', diff: differences(expected, fromEvents.months) });
-    const now = await readAnalytics(trx, 'aggregates');
-    if (to === month(clock!.now) && now.mrr !== expected.at(-1)!.ending_mrr) problems.push({ mrr: now.mrr, ending: expected.at(-1)!.ending_mrr });
-    const states: string[] = [];
-    for (const instant of instants) {
-      const oracle = await expectedAnalyticsAt(trx, instant);
-      const a = withoutAsOf(await readAnalyticsAsOf(trx, instant, 'aggregates'));
-      const b = withoutAsOf(await readAnalyticsAsOf(trx, instant, 'base_tables'));
-      if (JSON.stringify(a) !== JSON.stringify(oracle)) problems.push({ instant, source: 'aggregates', diff: differences(oracle, a) });
-      if (JSON.stringify(b) !== JSON.stringify(oracle)) problems.push({ instant, source: 'base_tables', diff: differences(oracle, b) });
-      states.push(JSON.stringify(oracle));
-    }
-    if (problems.length) throw new Error(`difference:\n${JSON.stringify(problems)}`);
-    return JSON.stringify(expected) + states.join();
-  });
+  return app.database.db
+    .transaction()
+    .setIsolationLevel('repeatable read')
+    .execute(async (trx) => {
+      const {
+        rows: [clock],
+      } = await sql<{ now: Date }>`SELECT now()`.execute(trx);
+      const expected = await expectedReport(trx, from, to, clock!.now);
+      const fromAggregates = await readMrrReport(trx, { from, to }, 'aggregates');
+      const fromEvents = await readMrrReport(trx, { from, to }, 'base_tables');
+      const problems: unknown[] = [];
+      if (JSON.stringify(fromAggregates.months) !== JSON.stringify(expected)) problems.push({ report: 'aggregates', diff: differences(expected, fromAggregates.months) });
+      if (JSON.stringify(fromEvents.months) !== JSON.stringify(expected)) problems.push({ report: 'base_tables', diff: differences(expected, fromEvents.months) });
+      const now = await readAnalytics(trx, 'aggregates');
+      if (to === month(clock!.now) && now.mrr !== expected.at(-1)!.ending_mrr) problems.push({ mrr: now.mrr, ending: expected.at(-1)!.ending_mrr });
+      const states: string[] = [];
+      for (const instant of instants) {
+        const oracle = await expectedAnalyticsAt(trx, instant);
+        const a = withoutAsOf(await readAnalyticsAsOf(trx, instant, 'aggregates'));
+        const b = withoutAsOf(await readAnalyticsAsOf(trx, instant, 'base_tables'));
+        if (JSON.stringify(a) !== JSON.stringify(oracle)) problems.push({ instant, source: 'aggregates', diff: differences(oracle, a) });
+        if (JSON.stringify(b) !== JSON.stringify(oracle)) problems.push({ instant, source: 'base_tables', diff: differences(oracle, b) });
+        states.push(JSON.stringify(oracle));
+      }
+      if (problems.length) throw new Error(`difference:\n${JSON.stringify(problems)}`);
+      return JSON.stringify(expected) + states.join();
+    });
 }
 
 async function reconcile(): Promise<Array<{ aggregate: string }>> {
@@ -242,7 +249,10 @@ async function assertReconciled(t: ExecutionContext, label: string) {
 const STATUSES = ['active', 'trialing', 'past_due', 'paused', 'canceled', 'expired'] as const;
 const status = fc.constantFrom(...STATUSES);
 const period = fc.constantFrom('month' as const, 'year' as const);
-const cost = fc.oneof(fc.constantFrom('0.00', '0.01', '9.99', '10.00', '19.99', '120.00', '1234.56'), fc.integer({ min: 0, max: 200_000 }).map((c) => (c / 100).toFixed(2)));
+const cost = fc.oneof(
+  fc.constantFrom('0.00', '0.01', '9.99', '10.00', '19.99', '120.00', '1234.56'),
+  fc.integer({ min: 0, max: 200_000 }).map((c) => (c / 100).toFixed(2)),
+);
 const pick = fc.nat({ max: 1000 });
 const nthUser = (p: string) => `(SELECT id FROM users ORDER BY id OFFSET ${p}::int % greatest((SELECT count(*) FROM users), 1) LIMIT 1)`;
 const nthSubscription = (p: string) => `(SELECT id FROM subscriptions ORDER BY id OFFSET ${p}::int % greatest((SELECT count(*) FROM subscriptions), 1) LIMIT 1)`;
@@ -254,7 +264,11 @@ const insertOne = fc.record({ user: pick, status, cost, period, start: fc.intege
   statement(
     `INSERT INTO subscriptions (user_id, status, plan_cost, billing_period, start_date)
      SELECT u.id, $2::text, $3::numeric, $4::text, current_date + $5::int FROM ${nthUser('$1')} u`,
-    s.user, s.status, s.cost, s.period, s.start,
+    s.user,
+    s.status,
+    s.cost,
+    s.period,
+    s.start,
   ),
 );
 const insertMany = fc.record({ n: fc.integer({ min: 1, max: 12 }), seed: pick }).map((s) =>
@@ -264,31 +278,39 @@ const insertMany = fc.record({ n: fc.integer({ min: 1, max: 12 }), seed: pick })
             ((i * 7919 + $2) % 30000) / 100.0, CASE WHEN (i + $2) % 3 = 0 THEN 'year' ELSE 'month' END, current_date - ((i * 37 + $2) % 420)
      FROM generate_series(1, $1::int) i
      JOIN (SELECT id, row_number() OVER (ORDER BY id) - 1 AS rn, count(*) OVER () AS n FROM users) u ON u.rn = (i + $2) % u.n`,
-    s.n, s.seed,
+    s.n,
+    s.seed,
   ),
 );
 // Updates of what MRR reads: status, plan_cost, billing_period, user_id (and a column it does not read).
-const updateOne = fc
-  .record({ sub: pick, status, cost, user: pick, period, name: fc.constantFrom('basic', 'pro') }, { requiredKeys: ['sub'] })
-  .map((s) =>
-    statement(
-      `UPDATE subscriptions SET status = coalesce($2, status), plan_cost = coalesce($3::numeric, plan_cost),
+const updateOne = fc.record({ sub: pick, status, cost, user: pick, period, name: fc.constantFrom('basic', 'pro') }, { requiredKeys: ['sub'] }).map((s) =>
+  statement(
+    `UPDATE subscriptions SET status = coalesce($2, status), plan_cost = coalesce($3::numeric, plan_cost),
          user_id = CASE WHEN $4::int IS NULL THEN user_id ELSE coalesce(${nthUser('$4')}, user_id) END,
          billing_period = coalesce($5, billing_period), plan_name = coalesce($6, plan_name)
        WHERE id = ${nthSubscription('$1')}`,
-      s.sub, s.status ?? null, s.cost ?? null, s.user ?? null, s.period ?? null, s.name ?? null,
-    ),
-  );
+    s.sub,
+    s.status ?? null,
+    s.cost ?? null,
+    s.user ?? null,
+    s.period ?? null,
+    s.name ?? null,
+  ),
+);
 const bulkUpdates = [
-  "UPDATE subscriptions SET plan_cost = plan_cost + 1.01 WHERE id % $1 = $2",
+  'UPDATE subscriptions SET plan_cost = plan_cost + 1.01 WHERE id % $1 = $2',
   "UPDATE subscriptions SET status = (ARRAY['active','trialing','past_due','paused','canceled','expired'])[1 + (id + $2) % 6] WHERE id % $1 = $2",
   "UPDATE subscriptions SET billing_period = CASE billing_period WHEN 'month' THEN 'year' ELSE 'month' END WHERE id % $1 = $2",
   'UPDATE subscriptions SET user_id = (SELECT min(id) FROM users) WHERE id % $1 = $2',
   "UPDATE subscriptions SET status = 'active' WHERE id % $1 = $2",
 ];
-const updateMany = fc.record({ sql: fc.constantFrom(...bulkUpdates), mod: fc.integer({ min: 1, max: 4 }), rem: fc.nat({ max: 3 }) }).map((s) => statement(s.sql, s.mod, s.rem % s.mod));
+const updateMany = fc
+  .record({ sql: fc.constantFrom(...bulkUpdates), mod: fc.integer({ min: 1, max: 4 }), rem: fc.nat({ max: 3 }) })
+  .map((s) => statement(s.sql, s.mod, s.rem % s.mod));
 const deleteOne = pick.map((sub) => statement(`DELETE FROM subscriptions WHERE id = ${nthSubscription('$1')}`, sub));
-const deleteMany = fc.record({ mod: fc.integer({ min: 2, max: 5 }), rem: fc.nat({ max: 4 }) }).map((s) => statement('DELETE FROM subscriptions WHERE id % $1 = $2', s.mod, s.rem % s.mod));
+const deleteMany = fc
+  .record({ mod: fc.integer({ min: 2, max: 5 }), rem: fc.nat({ max: 4 }) })
+  .map((s) => statement('DELETE FROM subscriptions WHERE id % $1 = $2', s.mod, s.rem % s.mod));
 const deleteUser = pick.map((user) => statement(`DELETE FROM users WHERE id = ${nthUser('$1')}`, user));
 const createUser = fc.nat().map((n) => statement("INSERT INTO users (name, email) VALUES ('User', 'user' || $1::text || '.' || nextval('users_id_seq') || '@example.com')", n));
 const renameUser = fc.record({ user: pick, n: fc.nat() }).map((s) => statement(`UPDATE users SET name = 'Renamed ' || $2::text WHERE id = ${nthUser('$1')}`, s.user, s.n));
@@ -306,13 +328,19 @@ const oneStatement = fc.oneof(
 );
 /** A step, recorded at `days` after the sequence's start (14 months ago); `back`: earlier than the previous step. */
 type Step = { days: number; ms: number } & ({ kind: 'statement'; statement: Statement } | { kind: 'transaction'; statements: Statement[]; commit: boolean } | { kind: 'truncate' });
-const timing = fc.record({ advance: fc.oneof({ weight: 5, arbitrary: fc.integer({ min: 0, max: 40 }) }, { weight: 1, arbitrary: fc.integer({ min: -45, max: -1 }) }), ms: fc.nat({ max: 86_399_999 }) });
+const timing = fc.record({
+  advance: fc.oneof({ weight: 5, arbitrary: fc.integer({ min: 0, max: 40 }) }, { weight: 1, arbitrary: fc.integer({ min: -45, max: -1 }) }),
+  ms: fc.nat({ max: 86_399_999 }),
+});
 const step: fc.Arbitrary<{ advance: number; ms: number; body: Step }> = fc
   .tuple(
     timing,
     fc.oneof(
       { weight: 12, arbitrary: oneStatement.map((s) => ({ kind: 'statement' as const, statement: s })) },
-      { weight: 2, arbitrary: fc.record({ statements: fc.array(oneStatement, { minLength: 2, maxLength: 4 }), commit: fc.boolean() }).map((s) => ({ kind: 'transaction' as const, ...s })) },
+      {
+        weight: 2,
+        arbitrary: fc.record({ statements: fc.array(oneStatement, { minLength: 2, maxLength: 4 }), commit: fc.boolean() }).map((s) => ({ kind: 'transaction' as const, ...s })),
+      },
       { weight: 1, arbitrary: fc.constant({ kind: 'truncate' as const }) },
     ),
   )
@@ -341,34 +369,38 @@ test.serial('after random writes over 14 months (some recorded back in time), th
   let checks = 0;
   try {
     await fc.assert(
-      fc.asyncProperty(fc.array(step, { minLength: 1, maxLength: 30 }), fc.array(fc.double({ min: 0, max: 1, noNaN: true }), { minLength: 2, maxLength: 4 }), async (steps, picks) => {
-        await reset();
-        await client.query("SET test.occurred_at = ''");
-        await client.query("INSERT INTO users (name, email) SELECT 'User ' || i, 'seed' || i || '@example.com' FROM generate_series(1, 6) i");
-        let day = 0;
-        const instants: number[] = [];
-        for (const { advance, ms, body } of steps) {
-          day = Math.max(0, day + advance);
-          // Never in the future: the last steps land at most at now.
-          const at = Math.min(origin + day * DAY + ms, now.getTime() - 1000);
-          instants.push(at);
-          await client.query(`SET test.occurred_at = '${new Date(at).toISOString()}'`);
-          if (body.kind === 'truncate') await client.query('TRUNCATE subscriptions CASCADE');
-          else if (body.kind === 'statement') await attempt(client, body.statement);
-          else {
-            await client.query('BEGIN');
-            let ok = true;
-            for (const one of body.statements) if (ok) ok = await attempt(client, one);
-            await client.query(ok && body.commit ? 'COMMIT' : 'ROLLBACK');
+      fc.asyncProperty(
+        fc.array(step, { minLength: 1, maxLength: 30 }),
+        fc.array(fc.double({ min: 0, max: 1, noNaN: true }), { minLength: 2, maxLength: 4 }),
+        async (steps, picks) => {
+          await reset();
+          await client.query("SET test.occurred_at = ''");
+          await client.query("INSERT INTO users (name, email) SELECT 'User ' || i, 'seed' || i || '@example.com' FROM generate_series(1, 6) i");
+          let day = 0;
+          const instants: number[] = [];
+          for (const { advance, ms, body } of steps) {
+            day = Math.max(0, day + advance);
+            // Never in the future: the last steps land at most at now.
+            const at = Math.min(origin + day * DAY + ms, now.getTime() - 1000);
+            instants.push(at);
+            await client.query(`SET test.occurred_at = '${new Date(at).toISOString()}'`);
+            if (body.kind === 'truncate') await client.query('TRUNCATE subscriptions CASCADE');
+            else if (body.kind === 'statement') await attempt(client, body.statement);
+            else {
+              await client.query('BEGIN');
+              let ok = true;
+              for (const one of body.statements) if (ok) ok = await attempt(client, one);
+              await client.query(ok && body.commit ? 'COMMIT' : 'ROLLBACK');
+            }
           }
-        }
-        await client.query("SET test.occurred_at = ''");
-        // Instants: the recorded ones (where ties and carries are), and random ones across the span.
-        const span = now.getTime() - 1000 - origin;
-        const chosen = [...instants.slice(-2), ...picks.map((p) => origin + Math.floor(p * span))].map((ms) => new Date(ms).toISOString());
-        await checkInOneSnapshot(from, to, chosen);
-        checks++;
-      }),
+          await client.query("SET test.occurred_at = ''");
+          // Instants: the recorded ones (where ties and carries are), and random ones across the span.
+          const span = now.getTime() - 1000 - origin;
+          const chosen = [...instants.slice(-2), ...picks.map((p) => origin + Math.floor(p * span))].map((ms) => new Date(ms).toISOString());
+          await checkInOneSnapshot(from, to, chosen);
+          checks++;
+        },
+      ),
       { numRuns: 40, verbose: 1 },
     );
   } finally {
@@ -388,7 +420,24 @@ test.serial('an empty history: every month zero, rates null, arpa 0.00; as_of be
   for (const m of data!.months) {
     t.deepEqual(
       { ...m, month: 'x' },
-      { month: 'x', starting_mrr: '0.00', new: '0.00', expansion: '0.00', contraction: '0.00', churn: '0.00', reactivation: '0.00', ending_mrr: '0.00', starting_customers: 0, customers: 0, new_customers: 0, reactivated_customers: 0, churned_customers: 0, customer_churn_rate: null, revenue_churn_rate: null, arpa: '0.00' },
+      {
+        month: 'x',
+        starting_mrr: '0.00',
+        new: '0.00',
+        expansion: '0.00',
+        contraction: '0.00',
+        churn: '0.00',
+        reactivation: '0.00',
+        ending_mrr: '0.00',
+        starting_customers: 0,
+        customers: 0,
+        new_customers: 0,
+        reactivated_customers: 0,
+        churned_customers: 0,
+        customer_churn_rate: null,
+        revenue_churn_rate: null,
+        arpa: '0.00',
+      },
     );
   }
   const asOf = (await app.client.GET('/analytics', { params: { query: { as_of: '2020-01-01T00:00:00Z' } } })).data!;
@@ -408,9 +457,9 @@ test.serial('a story told month by month: new, expansion, contraction, churn, re
     await c.query(`INSERT INTO subscriptions (id, user_id, status, plan_cost, billing_period, start_date) OVERRIDING SYSTEM VALUE
                    VALUES (1, 1, 'active', 100, 'month', current_date), (2, 2, 'active', 1200.06, 'year', current_date)`);
     await at(addMonths(m0, 1));
-    await c.query("UPDATE subscriptions SET plan_cost = 150 WHERE id = 1"); // expansion 50
+    await c.query('UPDATE subscriptions SET plan_cost = 150 WHERE id = 1'); // expansion 50
     await at(addMonths(m0, 2));
-    await c.query("UPDATE subscriptions SET plan_cost = 120 WHERE id = 1"); // contraction 30
+    await c.query('UPDATE subscriptions SET plan_cost = 120 WHERE id = 1'); // contraction 30
     await c.query("UPDATE subscriptions SET status = 'canceled' WHERE id = 2"); // churn 100.01
     await at(addMonths(m0, 3));
     await c.query("UPDATE subscriptions SET status = 'active' WHERE id = 2"); // reactivation 100.01
@@ -419,7 +468,19 @@ test.serial('a story told month by month: new, expansion, contraction, churn, re
     c.release();
   }
   const { data } = await app.client.GET('/analytics/mrr', { params: { query: { from: addMonths(month(new Date()), -5) } } });
-  const rows = data!.months.map((m) => [m.month, m.new, m.expansion, m.contraction, m.churn, m.reactivation, m.ending_mrr, m.customers, m.customer_churn_rate, m.revenue_churn_rate, m.arpa]);
+  const rows = data!.months.map((m) => [
+    m.month,
+    m.new,
+    m.expansion,
+    m.contraction,
+    m.churn,
+    m.reactivation,
+    m.ending_mrr,
+    m.customers,
+    m.customer_churn_rate,
+    m.revenue_churn_rate,
+    m.arpa,
+  ]);
   const m0 = addMonths(month(new Date()), -5);
   t.deepEqual(rows.slice(0, 4), [
     [m0, '200.01', '0.00', '0.00', '0.00', '0.00', '200.01', 2, null, null, '100.01'],
@@ -450,7 +511,11 @@ test.serial('bad ranges and instants are 400s naming the parameter', async (t) =
     const response = await app.fetch(url);
     t.is(response.status, 400, url);
     const problem = (await response.json()) as { errors?: Array<{ parameter?: string }> };
-    t.deepEqual(problem.errors?.map((e) => e.parameter), [parameter], url);
+    t.deepEqual(
+      problem.errors?.map((e) => e.parameter),
+      [parameter],
+      url,
+    );
   }
 });
 
@@ -540,16 +605,26 @@ test.serial('parallel writers through the API: no 5xx, then the report (HTTP, bo
         const subId = subscriptions[op.other % Math.max(subscriptions.length, 1)];
         let code: number;
         if (op.kind < 45 || subId === undefined) {
-          const { data, response } = await app.client.POST('/subscriptions', { body: { user_id: userId, status: op.status, plan_cost: op.cost, billing_period: op.period, start_date: '2026-01-01' } });
+          const { data, response } = await app.client.POST('/subscriptions', {
+            body: { user_id: userId, status: op.status, plan_cost: op.cost, billing_period: op.period, start_date: '2026-01-01' },
+          });
           code = response.status;
           if (data) subscriptions.push(data.id);
         } else if (op.kind < 85) {
-          const body = [{ status: op.status }, { plan_cost: op.cost }, { user_id: userId }, { billing_period: op.period }, { status: op.status, plan_cost: op.cost }][op.other % 5]!;
-          ({ response: { status: code } } = await app.client.PATCH('/subscriptions/{id}', { params: { path: { id: subId } }, body }));
+          const body = [{ status: op.status }, { plan_cost: op.cost }, { user_id: userId }, { billing_period: op.period }, { status: op.status, plan_cost: op.cost }][
+            op.other % 5
+          ]!;
+          ({
+            response: { status: code },
+          } = await app.client.PATCH('/subscriptions/{id}', { params: { path: { id: subId } }, body }));
         } else if (op.kind < 98) {
-          ({ response: { status: code } } = await app.client.DELETE('/subscriptions/{id}', { params: { path: { id: subId } } }));
+          ({
+            response: { status: code },
+          } = await app.client.DELETE('/subscriptions/{id}', { params: { path: { id: subId } } }));
         } else {
-          ({ response: { status: code } } = await app.client.DELETE('/users/{id}', { params: { path: { id: userId } } }));
+          ({
+            response: { status: code },
+          } = await app.client.DELETE('/users/{id}', { params: { path: { id: userId } } }));
         }
         if (code >= 500) failures.push(`${JSON.stringify(op)} -> ${code}`);
       }

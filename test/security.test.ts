@@ -20,8 +20,7 @@ const json = (body: unknown, headers: Record<string, string> = {}): RequestInit 
   headers: { 'content-type': 'application/json', ...headers },
   body: JSON.stringify(body),
 });
-const usersWithEmail = async (address: string) =>
-  Number((await app.database.pool.query('SELECT count(*) FROM users WHERE email = $1', [address])).rows[0].count);
+const usersWithEmail = async (address: string) => Number((await app.database.pool.query('SELECT count(*) FROM users WHERE email = $1', [address])).rows[0].count);
 
 test('without a valid key every /api operation is a 401 problem that reveals nothing', async (t) => {
   const { data: user } = await app.client.POST('/users', { body: { name: 'Secret', email: email() } });
@@ -220,7 +219,10 @@ test('requests that arrive while the first with their key runs wait, and replay 
   await new Promise((resolve) => setTimeout(resolve, 300));
   await first.release();
   const responses = await waiting;
-  t.deepEqual(responses.map((r) => r.status), [201, 201, 201]);
+  t.deepEqual(
+    responses.map((r) => r.status),
+    [201, 201, 201],
+  );
   t.is(responses.filter((r) => r.headers.get('idempotent-replayed') === 'true').length, 2);
   const bodies = await Promise.all(responses.map((r) => r.json()));
   t.true(bodies.every((b) => b.id === bodies[0].id));
@@ -261,5 +263,8 @@ test('a stored response expires after 24 hours: pruned, and a retry after that i
   await app.database.pool.query(`UPDATE idempotency_keys SET created_at = now() - interval '25 hours' WHERE client = $1 AND key = $2`, [client, old]);
   t.true((await pruneIdempotencyKeys(app.database.db)) >= 1);
   const { rows } = await app.database.pool.query('SELECT key FROM idempotency_keys WHERE client = $1 AND key = ANY($2) ORDER BY key', [client, [old, fresh]]);
-  t.deepEqual(rows.map((r: { key: string }) => r.key), [fresh]);
+  t.deepEqual(
+    rows.map((r: { key: string }) => r.key),
+    [fresh],
+  );
 });

@@ -73,7 +73,7 @@ test('a seed fills every table with the requested counts and believable data', a
   t.is(statuses[0].status, 'active');
   t.is(await count(db, 'SELECT count(DISTINCT billing_period) AS count FROM subscriptions'), 2);
   // A handful of named plan tiers, each with one price per billing period.
-  t.true(await count(db, 'SELECT count(DISTINCT plan_name) AS count FROM subscriptions') <= 10);
+  t.true((await count(db, 'SELECT count(DISTINCT plan_name) AS count FROM subscriptions')) <= 10);
   t.is(await count(db, 'SELECT count(*) FROM (SELECT FROM subscriptions GROUP BY plan_name, billing_period HAVING count(DISTINCT plan_cost) > 1) x'), 0);
   // Start dates within three years before today; each of the last 12 months has subscriptions.
   t.is(await count(db, `SELECT count(*) FROM subscriptions WHERE start_date > $1::date OR start_date < $1::date - interval '3 years'`, [SMALL.today]), 0);
@@ -141,8 +141,14 @@ test('after a seed every constraint, index and trigger is back and valid, and th
   await seedDatabase(db.pool, SMALL);
   const after = await schemaSnapshot(db);
   t.deepEqual(after, before);
-  t.true(after.every((r) => r.state !== 'false'), 'every constraint validated, every index valid');
-  t.true(after.filter((r) => r.kind === 'trigger').every((r) => r.state === 'O'), 'every trigger enabled');
+  t.true(
+    after.every((r) => r.state !== 'false'),
+    'every constraint validated, every index valid',
+  );
+  t.true(
+    after.filter((r) => r.kind === 'trigger').every((r) => r.state === 'O'),
+    'every trigger enabled',
+  );
   t.true(after.some((r) => r.kind === 'constraint' && r.def.startsWith('FOREIGN KEY')));
 
   // Identity columns continue after the loaded ids.
@@ -168,7 +174,10 @@ test('seeded rows pass the API: users, subscriptions, features, links and analyt
   t.deepEqual(one.data, user);
   // Emails are found by the API's own (case-insensitive) filter.
   const byEmail = await app.client.GET('/users', { params: { query: { email: user.email.toUpperCase() } } });
-  t.deepEqual(byEmail.data?.data.map((u) => u.id), [user.id]);
+  t.deepEqual(
+    byEmail.data?.data.map((u) => u.id),
+    [user.id],
+  );
 
   let cursor: string | undefined;
   let seen = 0;
@@ -188,6 +197,9 @@ test('seeded rows pass the API: users, subscriptions, features, links and analyt
   const analytics = await app.client.GET('/analytics');
   t.is(analytics.response.status, 200);
   t.is(analytics.data?.monthly_revenue.length, 12);
-  t.true(analytics.data!.monthly_revenue.every((m) => m.revenue !== '0.00'), 'every month of the window has revenue');
+  t.true(
+    analytics.data!.monthly_revenue.every((m) => m.revenue !== '0.00'),
+    'every month of the window has revenue',
+  );
   t.is(analytics.data?.top_users.length, 5);
 });

@@ -119,7 +119,10 @@ test('four migrators starting at once apply each migration exactly once', async 
     const results = await Promise.all([first, second, ...others].map((d) => migrateToLatest(d.db)));
     const applied = results.flat().sort();
     const { rows } = await first.pool.query<{ name: string }>('SELECT name FROM kysely_migration ORDER BY name');
-    t.deepEqual(applied, rows.map((r) => r.name));
+    t.deepEqual(
+      applied,
+      rows.map((r) => r.name),
+    );
     t.true(rows.length >= 1);
     t.deepEqual(await migrateToLatest(first.db), []);
   } finally {
@@ -156,8 +159,7 @@ test('every log line about a request is JSON and carries its request id, the 500
   const databaseUrl = await createTestDatabase();
   const config = { ...loadConfig(process.env), databaseUrl, port: 0, host: '127.0.0.1', apiKeys: [TEST_API_KEY] };
   const service = await startService(config, pino({ level: 'info' }, sink));
-  const send = (path: string, id: string) =>
-    fetch(`${service.url}${path}`, { headers: { Authorization: `Bearer ${TEST_API_KEY}`, 'X-Request-Id': id } });
+  const send = (path: string, id: string) => fetch(`${service.url}${path}`, { headers: { Authorization: `Bearer ${TEST_API_KEY}`, 'X-Request-Id': id } });
   try {
     t.is((await send('/api/users', 'log-ok')).status, 200);
     t.is((await send('/api/users/0', 'log-400')).status, 400);
@@ -169,10 +171,16 @@ test('every log line about a request is JSON and carries its request id, the 500
   const entries = lines.map((line) => JSON.parse(line) as { requestId?: string; msg?: string; status?: number; err?: unknown });
   for (const id of ['log-ok', 'log-400', 'log-500']) {
     const mine = entries.filter((e) => e.requestId === id);
-    t.true(mine.some((e) => e.msg === 'request'), `${id}: an access line`);
+    t.true(
+      mine.some((e) => e.msg === 'request'),
+      `${id}: an access line`,
+    );
   }
   // The unexpected error is logged with its details, under the request's id.
   t.true(entries.some((e) => e.requestId === 'log-500' && e.msg === 'unexpected error' && e.err !== undefined));
   // No line about a request lacks the id: every line with a status or an error has one.
-  t.deepEqual(entries.filter((e) => (e.status !== undefined || e.err !== undefined) && !e.requestId), []);
+  t.deepEqual(
+    entries.filter((e) => (e.status !== undefined || e.err !== undefined) && !e.requestId),
+    [],
+  );
 });

@@ -21,7 +21,10 @@ function resolve(node: Json, path: string[]): { node: Json; path: string[] } {
   while (typeof current.node.$ref === 'string') {
     const ref = current.node.$ref;
     if (!ref.startsWith('#/')) throw new Error(`only local refs are expected, got ${ref}`);
-    const segments = ref.slice(2).split('/').map((s) => s.replace(/~1/g, '/').replace(/~0/g, '~'));
+    const segments = ref
+      .slice(2)
+      .split('/')
+      .map((s) => s.replace(/~1/g, '/').replace(/~0/g, '~'));
     const target = segments.reduce<unknown>((value, key) => (value as Json | undefined)?.[key], spec);
     if (!target || typeof target !== 'object') throw new Error(`unresolved ref ${ref}`);
     current = { node: target as Json, path: segments };
@@ -106,7 +109,7 @@ function collectExamples(): Example[] {
     if (!node || typeof node !== 'object') return;
     if (Array.isArray(node)) return node.forEach((child, i) => walk(child, [...path, String(i)]));
     const object = node as Json;
-    const isSchema = path.includes('schema') || path[0] === 'components' && path[1] === 'schemas';
+    const isSchema = path.includes('schema') || (path[0] === 'components' && path[1] === 'schemas');
     if (isSchema && 'example' in object && path.at(-1) !== 'properties') {
       examples.push({ where: `schema ${pointerOf(path)}`, value: object.example, schemaPath: path });
     }

@@ -25,12 +25,7 @@ const attach = (id: number, feature_id: number, usage_limit?: number | null) =>
   app.client.POST('/subscriptions/{id}/features', { params: { path: { id } }, body: { feature_id, ...(usage_limit !== undefined ? { usage_limit } : {}) } });
 
 const storedLinks = async (subscriptionId: number) =>
-  app.database.db
-    .selectFrom('subscription_features')
-    .select(['feature_id', 'usage_limit'])
-    .where('subscription_id', '=', subscriptionId)
-    .orderBy('feature_id')
-    .execute();
+  app.database.db.selectFrom('subscription_features').select(['feature_id', 'usage_limit']).where('subscription_id', '=', subscriptionId).orderBy('feature_id').execute();
 
 const byId = (a: number, b: number) => a - b;
 
@@ -49,7 +44,10 @@ test('attaching the same feature twice is a 409 naming /feature_id', async (t) =
   await attach(subscription.id, feature.id);
   const { error, response } = await attach(subscription.id, feature.id, 5);
   t.is(response.status, 409);
-  t.deepEqual(error?.errors?.map((e) => e.pointer), ['/feature_id']);
+  t.deepEqual(
+    error?.errors?.map((e) => e.pointer),
+    ['/feature_id'],
+  );
   t.deepEqual(await storedLinks(subscription.id), [{ feature_id: feature.id, usage_limit: null }]);
 });
 
@@ -60,7 +58,10 @@ test('an unknown subscription is a 404; an unknown feature is a 400 naming /feat
   t.regex(noSubscription.error?.detail ?? '', /subscription 987654321 does not exist/);
   const noFeature = await attach(subscription.id, 987654321);
   t.is(noFeature.response.status, 400);
-  t.deepEqual(noFeature.error?.errors?.map((e) => e.pointer), ['/feature_id']);
+  t.deepEqual(
+    noFeature.error?.errors?.map((e) => e.pointer),
+    ['/feature_id'],
+  );
   t.deepEqual(await storedLinks(subscription.id), []);
   const negative = await app.fetch(`/api/subscriptions/${subscription.id}/features`, {
     method: 'POST',
@@ -76,12 +77,17 @@ test('the list of a subscription features pages by feature_id; an unknown subscr
   const seen: string[] = [];
   let cursor: string | undefined;
   do {
-    const { data, response } = await app.client.GET('/subscriptions/{id}/features', { params: { path: { id: subscription.id }, query: { limit: 1, ...(cursor ? { cursor } : {}) } } });
+    const { data, response } = await app.client.GET('/subscriptions/{id}/features', {
+      params: { path: { id: subscription.id }, query: { limit: 1, ...(cursor ? { cursor } : {}) } },
+    });
     t.is(response.status, 200);
     seen.push(...data!.data.map((l) => l.feature_name));
     cursor = data!.next_cursor ?? undefined;
   } while (cursor);
-  t.deepEqual(seen, [...features].sort((a, b) => byId(a.id, b.id)).map((f) => f.name));
+  t.deepEqual(
+    seen,
+    [...features].sort((a, b) => byId(a.id, b.id)).map((f) => f.name),
+  );
   const missing = await app.client.GET('/subscriptions/{id}/features', { params: { path: { id: 987654321 } } });
   t.is(missing.response.status, 404);
 });
@@ -106,14 +112,23 @@ test('PATCH changes the usage limit, null removes it, {} changes nothing; a stal
   const { data, response } = await app.client.PATCH('/subscriptions/{id}/features/{feature_id}', { params: { path }, body: { usage_limit: 20 } });
   t.is(response.status, 200);
   t.like(data, { usage_limit: 20, feature_name: feature.name });
-  const stale = await app.client.PATCH('/subscriptions/{id}/features/{feature_id}', { params: { path, header: { 'If-Match': attached.headers.get('etag')! } }, body: { usage_limit: 30 } });
+  const stale = await app.client.PATCH('/subscriptions/{id}/features/{feature_id}', {
+    params: { path, header: { 'If-Match': attached.headers.get('etag')! } },
+    body: { usage_limit: 30 },
+  });
   t.is(stale.response.status, 412);
-  const fresh = await app.client.PATCH('/subscriptions/{id}/features/{feature_id}', { params: { path, header: { 'If-Match': response.headers.get('etag')! } }, body: { usage_limit: null } });
+  const fresh = await app.client.PATCH('/subscriptions/{id}/features/{feature_id}', {
+    params: { path, header: { 'If-Match': response.headers.get('etag')! } },
+    body: { usage_limit: null },
+  });
   t.is(fresh.response.status, 200);
   t.is(fresh.data?.usage_limit, null);
   const unchanged = await app.client.PATCH('/subscriptions/{id}/features/{feature_id}', { params: { path }, body: {} });
   t.deepEqual(unchanged.data, fresh.data);
-  const missing = await app.client.PATCH('/subscriptions/{id}/features/{feature_id}', { params: { path: { id: subscription.id, feature_id: 987654321 } }, body: { usage_limit: 1 } });
+  const missing = await app.client.PATCH('/subscriptions/{id}/features/{feature_id}', {
+    params: { path: { id: subscription.id, feature_id: 987654321 } },
+    body: { usage_limit: 1 },
+  });
   t.is(missing.response.status, 404);
   t.deepEqual(await storedLinks(subscription.id), [{ feature_id: feature.id, usage_limit: null }]);
 });
@@ -141,15 +156,29 @@ test('PUT replaces the whole set: kept links keep added_at, usage limits follow 
   await attach(subscription.id, b.id);
   const { data, response } = await app.client.PUT('/subscriptions/{id}/features', {
     params: { path: { id: subscription.id } },
-    body: { features: [{ feature_id: c.id, usage_limit: 7 }, { feature_id: a.id, usage_limit: 2 }] },
+    body: {
+      features: [
+        { feature_id: c.id, usage_limit: 7 },
+        { feature_id: a.id, usage_limit: 2 },
+      ],
+    },
   });
   t.is(response.status, 200);
   t.deepEqual(
     data?.data.map((l) => [l.feature_id, l.feature_name, l.usage_limit]),
-    [[a.id, a.name, 2], [c.id, c.name, 7]].sort((x, y) => byId(x[0] as number, y[0] as number)),
+    [
+      [a.id, a.name, 2],
+      [c.id, c.name, 7],
+    ].sort((x, y) => byId(x[0] as number, y[0] as number)),
   );
   t.is(data?.data.find((l) => l.feature_id === a.id)?.added_at, keptBefore?.added_at);
-  t.deepEqual(await storedLinks(subscription.id), [{ feature_id: a.id, usage_limit: 2 }, { feature_id: c.id, usage_limit: 7 }].sort((x, y) => byId(x.feature_id, y.feature_id)));
+  t.deepEqual(
+    await storedLinks(subscription.id),
+    [
+      { feature_id: a.id, usage_limit: 2 },
+      { feature_id: c.id, usage_limit: 7 },
+    ].sort((x, y) => byId(x.feature_id, y.feature_id)),
+  );
   const emptied = await app.client.PUT('/subscriptions/{id}/features', { params: { path: { id: subscription.id } }, body: { features: [] } });
   t.deepEqual(emptied.data, { data: [] });
   t.deepEqual(await storedLinks(subscription.id), []);
@@ -163,13 +192,19 @@ test('PUT with an unknown or repeated feature is a 400 naming it and changes not
     body: { features: [{ feature_id: b.id }, { feature_id: 987654321 }] },
   });
   t.is(unknown.response.status, 400);
-  t.deepEqual(unknown.error?.errors?.map((e) => e.pointer), ['/features/1/feature_id']);
+  t.deepEqual(
+    unknown.error?.errors?.map((e) => e.pointer),
+    ['/features/1/feature_id'],
+  );
   const repeated = await app.client.PUT('/subscriptions/{id}/features', {
     params: { path: { id: subscription.id } },
     body: { features: [{ feature_id: b.id }, { feature_id: a.id }, { feature_id: b.id, usage_limit: 3 }] },
   });
   t.is(repeated.response.status, 400);
-  t.deepEqual(repeated.error?.errors?.map((e) => e.pointer), ['/features/2/feature_id']);
+  t.deepEqual(
+    repeated.error?.errors?.map((e) => e.pointer),
+    ['/features/2/feature_id'],
+  );
   t.deepEqual(await storedLinks(subscription.id), [{ feature_id: a.id, usage_limit: null }]);
   const missing = await app.client.PUT('/subscriptions/{id}/features', { params: { path: { id: 987654321 } }, body: { features: [{ feature_id: a.id }] } });
   t.is(missing.response.status, 404);
@@ -178,14 +213,24 @@ test('PUT with an unknown or repeated feature is a 400 naming it and changes not
 test('concurrent replacements of the set leave exactly one of the sets, never a mix', async (t) => {
   const features = [await createFeature(), await createFeature(), await createFeature(), await createFeature()];
   const subscription = await createSubscription();
-  const sets = [[features[0]!.id, features[1]!.id], [features[2]!.id, features[3]!.id]];
+  const sets = [
+    [features[0]!.id, features[1]!.id],
+    [features[2]!.id, features[3]!.id],
+  ];
   const results = await Promise.all([
-    ...sets.map((set) => app.client.PUT('/subscriptions/{id}/features', { params: { path: { id: subscription.id } }, body: { features: set.map((feature_id) => ({ feature_id })) } })),
-    ...sets.map((set) => app.client.PUT('/subscriptions/{id}/features', { params: { path: { id: subscription.id } }, body: { features: set.map((feature_id) => ({ feature_id })) } })),
+    ...sets.map((set) =>
+      app.client.PUT('/subscriptions/{id}/features', { params: { path: { id: subscription.id } }, body: { features: set.map((feature_id) => ({ feature_id })) } }),
+    ),
+    ...sets.map((set) =>
+      app.client.PUT('/subscriptions/{id}/features', { params: { path: { id: subscription.id } }, body: { features: set.map((feature_id) => ({ feature_id })) } }),
+    ),
   ]);
   t.true(results.every((r) => r.response.status === 200));
   const stored = (await storedLinks(subscription.id)).map((l) => l.feature_id);
-  t.true(sets.some((set) => JSON.stringify(set) === JSON.stringify(stored)), JSON.stringify(stored));
+  t.true(
+    sets.some((set) => JSON.stringify(set) === JSON.stringify(stored)),
+    JSON.stringify(stored),
+  );
 });
 
 test('a link shows the feature name as it is now', async (t) => {

@@ -39,8 +39,7 @@ const linkedFeatures = async (subscriptionId: number) =>
   );
 
 /** POSTs a raw JSON body (for bodies the typed client would refuse to compile). */
-const postRaw = (path: string, body: unknown, method = 'POST') =>
-  app.fetch(`/api${path}`, { method, headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
+const postRaw = (path: string, body: unknown, method = 'POST') => app.fetch(`/api${path}`, { method, headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
 
 const pointersOf = async (response: Response) => ((await response.json()).errors ?? []).map((e: { pointer?: string; parameter?: string }) => e.pointer ?? e.parameter);
 
@@ -73,7 +72,14 @@ test('creating a subscription is a 201 with Location, ETag, defaults and exact m
 
 test('plan_cost is accepted as a number or a string and comes back as a two-decimal string', async (t) => {
   const user = await createUser();
-  const cases: Array<[number | string, string]> = [[19.99, '19.99'], ['19.99', '19.99'], [20, '20.00'], ['0.5', '0.50'], [0, '0.00'], ['9999999999.99', '9999999999.99']];
+  const cases: Array<[number | string, string]> = [
+    [19.99, '19.99'],
+    ['19.99', '19.99'],
+    [20, '20.00'],
+    ['0.5', '0.50'],
+    [0, '0.00'],
+    ['9999999999.99', '9999999999.99'],
+  ];
   for (const [sent, expected] of cases) {
     const { subscription } = await createSubscription({ user_id: user.id, plan_cost: sent });
     t.is(subscription.plan_cost, expected, String(sent));
@@ -125,14 +131,20 @@ test('end_date before start_date is a 400 naming /end_date, on create and on PAT
   t.is(subscription.end_date, '2025-03-01');
   const patched = await app.client.PATCH('/subscriptions/{id}', { params: { path: { id: subscription.id } }, body: { start_date: '2025-04-01' } });
   t.is(patched.response.status, 400);
-  t.deepEqual(patched.error?.errors?.map((e) => e.pointer), ['/end_date']);
+  t.deepEqual(
+    patched.error?.errors?.map((e) => e.pointer),
+    ['/end_date'],
+  );
 });
 
 test('feature_ids are attached in the same transaction as the subscription', async (t) => {
   const user = await createUser();
   const [a, b] = [await createFeature(), await createFeature()];
   const { subscription } = await createSubscription({ user_id: user.id, feature_ids: [b.id, a.id] });
-  t.deepEqual(await linkedFeatures(subscription.id), [a.id, b.id].sort((x, y) => x - y));
+  t.deepEqual(
+    await linkedFeatures(subscription.id),
+    [a.id, b.id].sort((x, y) => x - y),
+  );
   const listed = await app.client.GET('/subscriptions/{id}/features', { params: { path: { id: subscription.id } } });
   t.deepEqual(listed.data?.data.map((l) => l.feature_name).sort(), [a.name, b.name].sort());
 });
@@ -143,7 +155,10 @@ test('an unknown id in feature_ids is a 400 naming /feature_ids, and nothing is 
   const response = await postRaw('/subscriptions', { user_id: user.id, status: 'active', plan_cost: 5, start_date: '2025-01-01', feature_ids: [feature.id, 987654321] });
   t.is(response.status, 400);
   const problem = await response.json();
-  t.deepEqual(problem.errors.map((e: { pointer: string }) => e.pointer), ['/feature_ids']);
+  t.deepEqual(
+    problem.errors.map((e: { pointer: string }) => e.pointer),
+    ['/feature_ids'],
+  );
   t.regex(problem.detail, /987654321/);
   t.is(await countWhere('subscriptions', 'user_id', user.id), 0);
   const links = await app.database.db.selectFrom('subscription_features').select('subscription_id').where('feature_id', '=', feature.id).execute();
@@ -179,12 +194,18 @@ test('PATCH is a merge patch: only the fields sent change, null clears plan_name
   t.deepEqual(same.data, data);
   const badMoney = await app.client.PATCH('/subscriptions/{id}', { params: { path: { id: subscription.id } }, body: { plan_cost: 1.005 } });
   t.is(badMoney.response.status, 400);
-  t.deepEqual(badMoney.error?.errors?.map((e) => e.pointer), ['/plan_cost']);
+  t.deepEqual(
+    badMoney.error?.errors?.map((e) => e.pointer),
+    ['/plan_cost'],
+  );
   const nullStatus = await postRaw(`/subscriptions/${subscription.id}`, { status: null }, 'PATCH');
   t.is(nullStatus.status, 400);
   const badUser = await app.client.PATCH('/subscriptions/{id}', { params: { path: { id: subscription.id } }, body: { user_id: 987654321 } });
   t.is(badUser.response.status, 400);
-  t.deepEqual(badUser.error?.errors?.map((e) => e.pointer), ['/user_id']);
+  t.deepEqual(
+    badUser.error?.errors?.map((e) => e.pointer),
+    ['/user_id'],
+  );
   const missing = await app.client.PATCH('/subscriptions/{id}', { params: { path: { id: 987654321 } }, body: { status: 'paused' } });
   t.is(missing.response.status, 404);
 });
@@ -198,7 +219,16 @@ test('PUT replaces every field: omitted optional fields take their defaults', as
     body: { user_id: other.id, status: 'paused', plan_cost: 12, start_date: '2025-02-01' },
   });
   t.is(response.status, 200);
-  t.like(data, { id: subscription.id, user_id: other.id, status: 'paused', plan_cost: '12.00', start_date: '2025-02-01', plan_name: null, end_date: null, billing_period: 'month' });
+  t.like(data, {
+    id: subscription.id,
+    user_id: other.id,
+    status: 'paused',
+    plan_cost: '12.00',
+    start_date: '2025-02-01',
+    plan_name: null,
+    end_date: null,
+    billing_period: 'month',
+  });
   const partial = await postRaw(`/subscriptions/${subscription.id}`, { status: 'active' }, 'PUT');
   t.is(partial.status, 400);
   const missing = await app.client.PUT('/subscriptions/{id}', {
@@ -275,9 +305,15 @@ test("a user's subscriptions list pages by id, filters by status, and is a 404 f
     seen.push(...data!.data.map((s) => s.id));
     cursor = data!.next_cursor ?? undefined;
   } while (cursor);
-  t.deepEqual(seen, mine.map((s) => s.id));
+  t.deepEqual(
+    seen,
+    mine.map((s) => s.id),
+  );
   const active = await app.client.GET('/users/{id}/subscriptions', { params: { path: { id: user.id }, query: { status: ['active'] } } });
-  t.deepEqual(active.data?.data.map((s) => s.id), mine.filter((s) => s.status === 'active').map((s) => s.id));
+  t.deepEqual(
+    active.data?.data.map((s) => s.id),
+    mine.filter((s) => s.status === 'active').map((s) => s.id),
+  );
   const missing = await app.client.GET('/users/{id}/subscriptions', { params: { path: { id: 987654321 } } });
   t.is(missing.response.status, 404);
 });
@@ -306,7 +342,10 @@ test("a user's subscriptions take the same sorts and filters as the full list, p
   };
   const byCost = [...mine].sort((a, b) => Number(b.plan_cost) - Number(a.plan_cost)).map((s) => s.id);
   t.deepEqual(await walk({ sort: '-plan_cost' }), byCost);
-  t.deepEqual(await walk({ sort: '-start_date' }), [...mine].reverse().map((s) => s.id));
+  t.deepEqual(
+    await walk({ sort: '-start_date' }),
+    [...mine].reverse().map((s) => s.id),
+  );
   t.deepEqual(
     await walk({ plan_cost_min: '20.00', plan_cost_max: '40.00', start_date_from: '2025-02-01' }),
     mine.filter((s) => Number(s.plan_cost) >= 20 && Number(s.plan_cost) <= 40 && s.start_date >= '2025-02-01').map((s) => s.id),
@@ -358,7 +397,10 @@ test('every filter selects exactly the matching subscriptions', async (t) => {
     [{ user_id: users[0].id }, (s) => s.user_id === users[0].id],
     [{ user_id: users[1].id, status: ['active', 'paused'] }, (s) => s.user_id === users[1].id && ['active', 'paused'].includes(s.status)],
     [{ feature_id: feature.id }, (s) => rows.find((r) => r.subscription.id === s.id)!.hasFeature],
-    [{ user_id: users[0].id, start_date_from: '2024-02-11', start_date_to: '2024-03-12' }, (s) => s.user_id === users[0].id && s.start_date >= '2024-02-11' && s.start_date <= '2024-03-12'],
+    [
+      { user_id: users[0].id, start_date_from: '2024-02-11', start_date_to: '2024-03-12' },
+      (s) => s.user_id === users[0].id && s.start_date >= '2024-02-11' && s.start_date <= '2024-03-12',
+    ],
     [{ user_id: users[1].id, plan_cost_min: '15.05', plan_cost_max: '35.5' }, (s) => s.user_id === users[1].id && cents(s.plan_cost) >= 1505 && cents(s.plan_cost) <= 3550],
     [{ feature_id: feature.id, status: ['active'], plan_cost_min: '5' }, (s) => rows.find((r) => r.subscription.id === s.id)!.hasFeature && s.status === 'active'],
   ];
@@ -381,7 +423,11 @@ test('every sort pages through a filtered list in order, each row once', async (
   const status = ['active', 'trialing', 'past_due', 'paused', 'canceled'] as const;
   for (const sort of SORTS) {
     const got = await walk({ user_id: users[0].id, status: [...status], sort, limit: 2 });
-    t.deepEqual(got.map((s) => s.id), sorted(mine, sort).map((s) => s.id), sort);
+    t.deepEqual(
+      got.map((s) => s.id),
+      sorted(mine, sort).map((s) => s.id),
+      sort,
+    );
   }
 });
 
@@ -391,7 +437,10 @@ test('a cursor only continues the sort it came from; a tampered cursor is a 400'
   const cursor = data!.next_cursor!;
   const other = await app.client.GET('/subscriptions', { params: { query: { user_id: users[0].id, sort: 'start_date', cursor } } });
   t.is(other.response.status, 400);
-  t.deepEqual(other.error?.errors?.map((e) => e.parameter), ['cursor']);
+  t.deepEqual(
+    other.error?.errors?.map((e) => e.parameter),
+    ['cursor'],
+  );
   const tampered = await app.client.GET('/subscriptions', { params: { query: { sort: 'plan_cost', cursor: `x${cursor}` } } });
   t.is(tampered.response.status, 400);
 });
@@ -432,7 +481,14 @@ test('walking a filtered list while rows are inserted returns every pre-existing
   await writer;
   const ids = seen.map((s) => s.id);
   t.is(new Set(ids).size, ids.length, 'no row twice');
-  t.deepEqual(ids.filter((id) => expected.includes(id)), expected, 'every pre-existing row, in order');
+  t.deepEqual(
+    ids.filter((id) => expected.includes(id)),
+    expected,
+    'every pre-existing row, in order',
+  );
   t.true(ids.every((id) => expected.includes(id) || inserted.includes(id)));
-  t.deepEqual(ids, [...ids].sort((a, b) => a - b));
+  t.deepEqual(
+    ids,
+    [...ids].sort((a, b) => a - b),
+  );
 });

@@ -50,7 +50,11 @@ test('a non-numeric or out-of-range id is a 400 naming the parameter', async (t)
     const response = await app.fetch(`/api/users/${id}`);
     t.is(response.status, 400, id);
     const problem = await response.json();
-    t.deepEqual(problem.errors.map((e: { parameter: string }) => e.parameter), ['id'], id);
+    t.deepEqual(
+      problem.errors.map((e: { parameter: string }) => e.parameter),
+      ['id'],
+      id,
+    );
   }
 });
 
@@ -59,7 +63,10 @@ test('a taken email is a 409, ignoring case, and stores nothing', async (t) => {
   await createUser('Grace', email);
   const { error, response } = await app.client.POST('/users', { body: { name: 'Other', email: email.toUpperCase() } });
   t.is(response.status, 409);
-  t.deepEqual(error?.errors?.map((e) => e.pointer), ['/email']);
+  t.deepEqual(
+    error?.errors?.map((e) => e.pointer),
+    ['/email'],
+  );
   t.is(await usersWithEmail([email]), 1);
 });
 
@@ -71,7 +78,10 @@ test('changing an email to a taken one, by PATCH or PUT, is a 409 naming /email 
   const replaced = await app.client.PUT('/users/{id}', { params: { path: { id: user.id } }, body: { name: 'Mover', email: taken } });
   for (const { error, response } of [patched, replaced]) {
     t.is(response.status, 409);
-    t.deepEqual(error?.errors?.map((e) => e.pointer), ['/email']);
+    t.deepEqual(
+      error?.errors?.map((e) => e.pointer),
+      ['/email'],
+    );
   }
   const { data } = await app.client.GET('/users/{id}', { params: { path: { id: user.id } } });
   t.is(data?.email, user.email);
@@ -198,7 +208,10 @@ test('the list pages by cursor with a Link header and returns every user exactly
     else t.is(link, null);
     pages++;
   } while (cursor && pages < 100);
-  t.deepEqual(seen, all.map((r) => r.id));
+  t.deepEqual(
+    seen,
+    all.map((r) => r.id),
+  );
   t.is(pages, 3);
 });
 
@@ -206,7 +219,10 @@ test('limit is 1..500: 0 and 501 are 400s, not silent clamps', async (t) => {
   for (const limit of ['0', '501', 'ten']) {
     const response = await app.fetch(`/api/users?limit=${limit}`);
     t.is(response.status, 400, limit);
-    t.deepEqual((await response.json()).errors.map((e: { parameter: string }) => e.parameter), ['limit']);
+    t.deepEqual(
+      (await response.json()).errors.map((e: { parameter: string }) => e.parameter),
+      ['limit'],
+    );
   }
   const max = await app.fetch('/api/users?limit=500');
   t.is(max.status, 200);
@@ -218,7 +234,7 @@ test('a tampered or foreign cursor is a 400', async (t) => {
   const cursor = data!.next_cursor!;
   const [payload, signature] = cursor.split('.');
   const forged = Buffer.from(JSON.stringify(['id', 0])).toString('base64url');
-  for (const bad of [`${forged}.${signature}`, `${payload}.${signature!.slice(0, -1)}${signature!.endsWith("A") ? "B" : "A"}`, 'garbage', `${payload}`, '..']) {
+  for (const bad of [`${forged}.${signature}`, `${payload}.${signature!.slice(0, -1)}${signature!.endsWith('A') ? 'B' : 'A'}`, 'garbage', `${payload}`, '..']) {
     const response = await app.fetch(`/api/users?cursor=${encodeURIComponent(bad)}`);
     t.is(response.status, 400, bad);
   }
@@ -234,7 +250,10 @@ test('the email filter finds a user ignoring case', async (t) => {
   const email = uniqueEmail('Filter.Me');
   const { user } = await createUser('Filtered', email);
   const { data } = await app.client.GET('/users', { params: { query: { email: email.toUpperCase() } } });
-  t.deepEqual(data?.data.map((u) => u.id), [user.id]);
+  t.deepEqual(
+    data?.data.map((u) => u.id),
+    [user.id],
+  );
   const none = await app.client.GET('/users', { params: { query: { email: 'nobody@example.com' } } });
   t.deepEqual(none.data?.data, []);
   t.is(none.data?.next_cursor, null);
@@ -244,7 +263,11 @@ test('trailing slashes are tolerated on collection and item paths', async (t) =>
   const { user } = await createUser();
   t.is((await app.fetch('/api/users/')).status, 200);
   t.is((await app.fetch(`/api/users/${user.id}/`)).status, 200);
-  const created = await app.fetch('/api/users/', { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ name: 'Slash', email: uniqueEmail() }) });
+  const created = await app.fetch('/api/users/', {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ name: 'Slash', email: uniqueEmail() }),
+  });
   t.is(created.status, 201);
 });
 

@@ -42,7 +42,10 @@ async function startServiceProcess(env: Record<string, string>): Promise<Service
   child.stdout!.on('data', (chunk) => (output += chunk));
   child.stderr!.on('data', (chunk) => (output += chunk));
   // The banner main.ts prints once it listens.
-  await waitFor(() => `the service to start:\n${output.slice(-2000)}`, () => /^API: +http/m.test(output) || child.exitCode !== null);
+  await waitFor(
+    () => `the service to start:\n${output.slice(-2000)}`,
+    () => /^API: +http/m.test(output) || child.exitCode !== null,
+  );
   if (child.exitCode !== null) throw new Error(`the service exited:\n${output.slice(-2000)}`);
   return { child, output: () => output };
 }
@@ -97,7 +100,9 @@ test.serial('1,000 events written across a service crash and a PostgreSQL outage
     });
     t.is(created.status, 201);
     const endpoint = (await created.json()) as { id: number };
-    const { rows: [start] } = await writers.query<{ xid: string; id: number }>('SELECT cursor_xid::text AS xid, cursor_id AS id FROM webhook_endpoints WHERE id = $1', [endpoint.id]);
+    const {
+      rows: [start],
+    } = await writers.query<{ xid: string; id: number }>('SELECT cursor_xid::text AS xid, cursor_id AS id FROM webhook_endpoints WHERE id = $1', [endpoint.id]);
 
     // Four writers, one user per transaction; a failed write (database down) is tried again.
     let committed = 0;
@@ -155,18 +160,21 @@ test.serial('1,000 events written across a service crash and a PostgreSQL outage
     await lastPhase;
 
     // The truth: every event in the table after the endpoint's starting place, in feed order.
-    const { rows } = await writers.query<{ id: number }>(
-      'SELECT id FROM events WHERE (xid, id) > ($1::xid8, $2::bigint) ORDER BY xid, id',
-      [start!.xid, start!.id],
-    );
+    const { rows } = await writers.query<{ id: number }>('SELECT id FROM events WHERE (xid, id) > ($1::xid8, $2::bigint) ORDER BY xid, id', [start!.xid, start!.id]);
     const expected = rows.map((r) => Number(r.id));
     t.true(expected.length >= EVENTS, `${expected.length} events written`);
     const firstReceipts = () => [...new Set(eventIdsOf(receiver.received))];
-    await waitFor(() => `every event delivered: ${firstReceipts().length} of ${expected.length}`, () => firstReceipts().length >= expected.length, 180_000);
+    await waitFor(
+      () => `every event delivered: ${firstReceipts().length} of ${expected.length}`,
+      () => firstReceipts().length >= expected.length,
+      180_000,
+    );
     const received = eventIdsOf(receiver.received);
     t.deepEqual(firstReceipts(), expected, 'every event, none lost, first receipts in feed order');
     const extra = received.length - expected.length;
-    const { rows: [log] } = await writers.query<{ failed: number; attempts: number }>(
+    const {
+      rows: [log],
+    } = await writers.query<{ failed: number; attempts: number }>(
       `SELECT count(*) FILTER (WHERE status_code IS DISTINCT FROM 200 OR error IS NOT NULL)::int AS failed, count(*)::int AS attempts
        FROM webhook_attempts a JOIN webhook_deliveries d ON d.id = a.delivery_id WHERE d.endpoint_id = $1`,
       [endpoint.id],

@@ -54,11 +54,9 @@ async function receiver(): Promise<Receiver> {
 }
 
 async function register(target: TestApp, url: string, eventTypes: WebhookEventType[]): Promise<WebhookEndpointCreated> {
-  const { data, error } = await target.client
-    .POST('/webhook-endpoints', { body: { url, event_types: eventTypes, description: unique('test receiver') } })
-    .catch((err: Error) => {
-      throw new Error(`POST /webhook-endpoints: ${err.message} (${String(err.cause)})`);
-    });
+  const { data, error } = await target.client.POST('/webhook-endpoints', { body: { url, event_types: eventTypes, description: unique('test receiver') } }).catch((err: Error) => {
+    throw new Error(`POST /webhook-endpoints: ${err.message} (${String(err.cause)})`);
+  });
   if (!data) throw new Error(`endpoint not registered: ${JSON.stringify(error)}`);
   return data;
 }
@@ -107,9 +105,29 @@ test('the retry schedule: first retry within 10 s, doubling, capped at one hour,
 test('public and non-public addresses', (t) => {
   for (const address of ['93.184.216.34', '8.8.8.8', '2606:4700:4700::1111', '2a00:1450:4001:80b::200e']) t.true(isPublicAddress(address), address);
   for (const address of [
-    '127.0.0.1', '127.1.2.3', '10.0.0.1', '172.16.0.1', '172.31.255.255', '192.168.1.1', '169.254.169.254', '100.64.0.1', '0.0.0.0',
-    '224.0.0.1', '255.255.255.255', '198.18.0.1', '::1', '::', 'fe80::1', 'fc00::1', 'fd12:3456::1', '::ffff:127.0.0.1', '::ffff:10.1.2.3',
-    '64:ff9b::a9fe:a9fe', '2001:db8::1', 'ff02::1', 'not an address',
+    '127.0.0.1',
+    '127.1.2.3',
+    '10.0.0.1',
+    '172.16.0.1',
+    '172.31.255.255',
+    '192.168.1.1',
+    '169.254.169.254',
+    '100.64.0.1',
+    '0.0.0.0',
+    '224.0.0.1',
+    '255.255.255.255',
+    '198.18.0.1',
+    '::1',
+    '::',
+    'fe80::1',
+    'fc00::1',
+    'fd12:3456::1',
+    '::ffff:127.0.0.1',
+    '::ffff:10.1.2.3',
+    '64:ff9b::a9fe:a9fe',
+    '2001:db8::1',
+    'ff02::1',
+    'not an address',
   ]) {
     t.false(isPublicAddress(address), address);
   }
@@ -152,10 +170,9 @@ test('the database refuses what the API refuses: other schemes, unknown event ty
   await t.throwsAsync(insertPlain('https://example.com/x#frag', ['user.created']), { message: /webhook_endpoints_url_check/ });
   await t.throwsAsync(insertPlain('https://example.com/x', ['user.exploded']), { message: /webhook_endpoints_event_types_check/ });
   await t.throwsAsync(insertPlain('https://example.com/x', []), { message: /webhook_endpoints_event_types_check/ });
-  await t.throwsAsync(
-    app.database.pool.query(`INSERT INTO webhook_endpoints (url, event_types, secret) VALUES ('https://example.com/', '{user.created}', 'plain')`),
-    { message: /webhook_endpoints_secret_check/ },
-  );
+  await t.throwsAsync(app.database.pool.query(`INSERT INTO webhook_endpoints (url, event_types, secret) VALUES ('https://example.com/', '{user.created}', 'plain')`), {
+    message: /webhook_endpoints_secret_check/,
+  });
 });
 
 test('every delivery is signed as Standard Webhooks says: a receiver verifies it, and rejects a tampered body or an old timestamp', async (t) => {
@@ -187,8 +204,18 @@ test('an endpoint gets every event of the types it subscribed to (prefixes inclu
   const every = await receiver();
   const someTypes: WebhookEventType[] = ['user.*', 'subscription.created', 'subscription_feature.detached'];
   const allTypes: WebhookEventType[] = [
-    'user.created', 'user.updated', 'user.deleted', 'subscription.created', 'subscription.updated', 'subscription.deleted',
-    'feature.created', 'feature.updated', 'feature.deleted', 'subscription_feature.attached', 'subscription_feature.updated', 'subscription_feature.detached',
+    'user.created',
+    'user.updated',
+    'user.deleted',
+    'subscription.created',
+    'subscription.updated',
+    'subscription.deleted',
+    'feature.created',
+    'feature.updated',
+    'feature.deleted',
+    'subscription_feature.attached',
+    'subscription_feature.updated',
+    'subscription_feature.detached',
   ];
   const someEndpoint = await register(app, `${some.url}/some`, someTypes);
   await register(app, `${every.url}/every`, allTypes);
@@ -228,15 +255,23 @@ test('an endpoint gets every event of the types it subscribed to (prefixes inclu
   // Nothing more can come: that endpoint's place in the feed is past the last of these events.
   const last = mine.at(-1)!;
   await waitFor('the endpoint read past the last event', async () => {
-    const { rows } = await app.database.pool.query<{ past: boolean }>(
-      'SELECT (cursor_xid, cursor_id) >= ($2::xid8, $3::bigint) AS past FROM webhook_endpoints WHERE id = $1',
-      [someEndpoint.id, last.xid, last.id],
-    );
+    const { rows } = await app.database.pool.query<{ past: boolean }>('SELECT (cursor_xid, cursor_id) >= ($2::xid8, $3::bigint) AS past FROM webhook_endpoints WHERE id = $1', [
+      someEndpoint.id,
+      last.xid,
+      last.id,
+    ]);
     return rows[0]!.past;
   });
-  t.deepEqual(first(receivedMine(every)), mine.map((e) => e.id), 'all of them, in feed order');
+  t.deepEqual(
+    first(receivedMine(every)),
+    mine.map((e) => e.id),
+    'all of them, in feed order',
+  );
   t.deepEqual(first(receivedMine(some)), expectedSome);
-  t.true(some.received.every((x) => matches((JSON.parse(x.body) as Event).type)), 'no event of another type, of any object');
+  t.true(
+    some.received.every((x) => matches((JSON.parse(x.body) as Event).type)),
+    'no event of another type, of any object',
+  );
 });
 
 test('a receiver that fails its first answers gets the event again with backoff, then it succeeds; the log shows each attempt', async (t) => {
@@ -260,23 +295,34 @@ test('a receiver that fails its first answers gets the event again with backoff,
   await waitFor('the success recorded', async () => (await deliveries(endpoint.id, { event_id: eventId }))[0]?.status === 'succeeded');
   const recorded = (await deliveries(endpoint.id, { event_id: eventId }))[0]!;
   // (On a loaded machine an attempt may also time out on its own: then there are more of them.)
-  t.deepEqual(recorded.attempts.map((a) => a.status_code).filter((s) => s !== null), [500, 503, 404, 204]);
+  t.deepEqual(
+    recorded.attempts.map((a) => a.status_code).filter((s) => s !== null),
+    [500, 503, 404, 204],
+  );
   t.deepEqual(recorded.attempts.map((a) => a.succeeded).slice(-1), [true]);
   t.is(recorded.attempt_count, recorded.attempts.length);
   t.regex(recorded.attempts.find((a) => a.status_code === null)!.error!, /timeout after 3000 ms/);
   t.true(recorded.attempts.every((a) => a.trigger === 'scheduled'));
   t.is(recorded.next_attempt_at, null);
-  t.true(mine().every((x) => x.headers['webhook-id'] === `evt_${eventId}`), 'the same webhook-id on every attempt');
+  t.true(
+    mine().every((x) => x.headers['webhook-id'] === `evt_${eventId}`),
+    'the same webhook-id on every attempt',
+  );
   // Backoff: the n-th retry came no sooner than 0.8 x base x 2^(n-1) after the attempt before it ended.
   const starts = recorded.attempts.map((a) => Date.parse(a.attempted_at));
   for (let n = 1; n < starts.length; n++) {
     const previousEnd = starts[n - 1]! + recorded.attempts[n - 1]!.duration_ms;
     t.true(starts[n]! - previousEnd >= 0.8 * RETRY_BASE_MS * 2 ** (n - 1) - 5, `retry ${n} waited its backoff`);
   }
-  t.log(`gaps between attempts (ms): ${starts.slice(1).map((s, i) => s - starts[i]!).join(', ')}`);
+  t.log(
+    `gaps between attempts (ms): ${starts
+      .slice(1)
+      .map((s, i) => s - starts[i]!)
+      .join(', ')}`,
+  );
 });
 
-test('a failing event holds back the endpoint\'s later events until it succeeds', async (t) => {
+test("a failing event holds back the endpoint's later events until it succeeds", async (t) => {
   const r = await receiver();
   // The first event fails twice (other tests' users, also delivered here, are answered 200).
   const names = [unique('First'), unique('Second'), unique('Third')];
@@ -343,7 +389,10 @@ test('the retry operation sends a succeeded delivery again now, with the same we
   await waitFor('sent again', () => eventIdsOf(r.received).filter((id) => id === eventId).length === 2);
   t.is(r.received.filter((x) => x.headers['webhook-id'] === `evt_${eventId}`).length, 2);
   await waitFor('logged', async () => (await deliveries(endpoint.id, { event_id: eventId }))[0]!.attempt_count === 2);
-  t.deepEqual((await deliveries(endpoint.id, { event_id: eventId }))[0]!.attempts.map((a) => a.trigger), ['scheduled', 'manual']);
+  t.deepEqual(
+    (await deliveries(endpoint.id, { event_id: eventId }))[0]!.attempts.map((a) => a.trigger),
+    ['scheduled', 'manual'],
+  );
 
   const missing = await app.client.POST('/webhook-endpoints/{id}/deliveries/{delivery_id}/retry', { params: { path: { id: endpoint.id, delivery_id: 999_999_999 } } });
   t.is(missing.response.status, 404);
@@ -352,13 +401,15 @@ test('the retry operation sends a succeeded delivery again now, with the same we
   t.is(disabled.response.status, 409);
 });
 
-test.serial('deliveries follow the feed\'s order: an event of a transaction still open holds back later commits, then both come in transaction order', async (t) => {
+test.serial("deliveries follow the feed's order: an event of a transaction still open holds back later commits, then both come in transaction order", async (t) => {
   const r = await receiver();
   await register(app, `${r.url}/feed-order`, ['user.created']);
   const early = await app.database.pool.connect();
   try {
     await early.query('BEGIN');
-    const { rows: [earlyUser] } = await early.query<{ id: number }>(`INSERT INTO users (name, email) VALUES ('Early', $1) RETURNING id`, [`${unique('early').replace(/\W/g, '.')}@example.com`]);
+    const {
+      rows: [earlyUser],
+    } = await early.query<{ id: number }>(`INSERT INTO users (name, email) VALUES ('Early', $1) RETURNING id`, [`${unique('early').replace(/\W/g, '.')}@example.com`]);
     const late = await createUser(); // commits while `early` is still open
     const lateEvent = await userEventId(late.id);
     // Give the worker many polls: it must not send the later event while the earlier one may still commit.
@@ -415,7 +466,9 @@ test('commit to receipt on loopback: p50 (recorded, not asserted)', async (t) =>
     samples.push(r.received[before]!.at - committed);
   }
   samples.sort((a, b) => a - b);
-  t.log(`commit (201 received) to receipt, 40 events, WEBHOOK_POLL_MS=50: p50 ${samples[20]!.toFixed(1)} ms, p90 ${samples[36]!.toFixed(1)} ms, max ${samples.at(-1)!.toFixed(1)} ms`);
+  t.log(
+    `commit (201 received) to receipt, 40 events, WEBHOOK_POLL_MS=50: p50 ${samples[20]!.toFixed(1)} ms, p90 ${samples[36]!.toFixed(1)} ms, max ${samples.at(-1)!.toFixed(1)} ms`,
+  );
   t.pass();
 });
 
@@ -424,12 +477,26 @@ test('without WEBHOOK_ALLOW_PRIVATE, private targets are refused at registration
   try {
     const r = await receiver();
     for (const url of [
-      r.url, 'http://localhost:8080/', 'http://10.0.0.8/', 'http://172.16.5.4/', 'http://192.168.1.1/', 'http://169.254.169.254/latest/meta-data',
-      'http://[::1]/', 'http://[fe80::1]/', 'http://[fc00::1]/', 'http://[::ffff:127.0.0.1]/', 'http://0.0.0.0/', 'http://100.64.1.1/',
+      r.url,
+      'http://localhost:8080/',
+      'http://10.0.0.8/',
+      'http://172.16.5.4/',
+      'http://192.168.1.1/',
+      'http://169.254.169.254/latest/meta-data',
+      'http://[::1]/',
+      'http://[fe80::1]/',
+      'http://[fc00::1]/',
+      'http://[::ffff:127.0.0.1]/',
+      'http://0.0.0.0/',
+      'http://100.64.1.1/',
     ]) {
       const { response, error } = await strict.client.POST('/webhook-endpoints', { body: { url, event_types: ['user.created'] } });
       t.is(response.status, 400, url);
-      t.deepEqual(error?.errors?.map((e) => e.pointer), ['/url'], url);
+      t.deepEqual(
+        error?.errors?.map((e) => e.pointer),
+        ['/url'],
+        url,
+      );
     }
     for (const url of ['ftp://example.com/', 'https://example.com/#x', 'not a url']) {
       const { response, error } = await strict.client.POST('/webhook-endpoints', { body: { url, event_types: ['user.created'] } });
@@ -459,7 +526,9 @@ test('without WEBHOOK_ALLOW_PRIVATE, private targets are refused at registration
         );
         return rows[0]!.n >= 1;
       });
-      const { rows: [attempt] } = await strict.database.pool.query<{ error: string; status_code: number | null }>(
+      const {
+        rows: [attempt],
+      } = await strict.database.pool.query<{ error: string; status_code: number | null }>(
         'SELECT a.error, a.status_code FROM webhook_attempts a JOIN webhook_deliveries d ON d.id = a.delivery_id WHERE d.endpoint_id = $1 ORDER BY a.attempt LIMIT 1',
         [id],
       );

@@ -65,9 +65,7 @@ export function openDatabase(connectionString: string, options: PoolOptions = {}
 
 /** Refuses anything older than PostgreSQL 16, with a message that says what was found. */
 export async function assertPostgres16(pool: pg.Pool): Promise<string> {
-  const { rows } = await pool.query<{ num: string; version: string }>(
-    "SELECT current_setting('server_version_num') AS num, current_setting('server_version') AS version",
-  );
+  const { rows } = await pool.query<{ num: string; version: string }>("SELECT current_setting('server_version_num') AS num, current_setting('server_version') AS version");
   const row = rows[0]!;
   if (Number(row.num) < 160000) {
     throw new Error(`PostgreSQL 16 or newer is required, but the database runs PostgreSQL ${row.version}`);

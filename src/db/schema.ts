@@ -87,10 +87,18 @@ export interface AnalyticsUserTotalsTable {
 
 /** What happened to an object (db/migrations/0006_history.sql). */
 export type EventType =
-  | 'user.created' | 'user.updated' | 'user.deleted'
-  | 'subscription.created' | 'subscription.updated' | 'subscription.deleted'
-  | 'feature.created' | 'feature.updated' | 'feature.deleted'
-  | 'subscription_feature.attached' | 'subscription_feature.updated' | 'subscription_feature.detached';
+  | 'user.created'
+  | 'user.updated'
+  | 'user.deleted'
+  | 'subscription.created'
+  | 'subscription.updated'
+  | 'subscription.deleted'
+  | 'feature.created'
+  | 'feature.updated'
+  | 'feature.deleted'
+  | 'subscription_feature.attached'
+  | 'subscription_feature.updated'
+  | 'subscription_feature.detached';
 export type EventObjectType = 'user' | 'subscription' | 'feature' | 'subscription_feature';
 
 /** The history, written only by triggers (so nothing here is insertable or updatable). */

@@ -157,9 +157,9 @@ export async function seedDatabase(pool: pg.Pool, parameters: SeedParameters, op
     await client.query('SET statement_timeout = 0');
     await client.query('BEGIN');
     await client.query(`SELECT pg_advisory_xact_lock(hashtext('subscriptions-api seed'))`);
-    const { rows: [counts] } = await client.query<Record<SeededTable, boolean>>(
-      `SELECT ${SEEDED_TABLES.map((t) => `EXISTS (SELECT FROM ${t}) AS ${t}`).join(', ')}`,
-    );
+    const {
+      rows: [counts],
+    } = await client.query<Record<SeededTable, boolean>>(`SELECT ${SEEDED_TABLES.map((t) => `EXISTS (SELECT FROM ${t}) AS ${t}`).join(', ')}`);
     const nonEmpty = SEEDED_TABLES.filter((t) => counts?.[t]);
     if (nonEmpty.length && !options.reset) throw new SeedRefusedError(nonEmpty);
     // Losing the last moment of a seed to an OS crash is harmless; the load never waits on a flush.
@@ -180,21 +180,25 @@ export async function seedDatabase(pool: pg.Pool, parameters: SeedParameters, op
     // The analytics aggregates (migration 0002) are recomputed from the loaded rows below. Emptied
     // with the tables and without their keys until then: analytics_rebuild()'s DELETE would leave
     // the old rows as dead index entries for every insert to check (measured 1.9 s vs 0.8 s).
-    const { rows: [analytics] } = await client.query<{ present: boolean }>(`SELECT to_regprocedure('analytics_rebuild()') IS NOT NULL AS present`);
+    const {
+      rows: [analytics],
+    } = await client.query<{ present: boolean }>(`SELECT to_regprocedure('analytics_rebuild()') IS NOT NULL AS present`);
     const analyticsTables = analytics?.present ? ANALYTICS_TABLES : [];
     const { rows: analyticsKeys } = await client.query<SetAside>(SET_ASIDE, [analyticsTables]);
     // The history (migration 0006) is replaced by the history the generated rows imply, written
     // into the emptied events table before its keys are rebuilt (as for the aggregates).
-    const { rows: [history] } = await client.query<{ present: boolean }>(`SELECT to_regprocedure('history_record_implied()') IS NOT NULL AS present`);
+    const {
+      rows: [history],
+    } = await client.query<{ present: boolean }>(`SELECT to_regprocedure('history_record_implied()') IS NOT NULL AS present`);
     recordsHistory = history?.present === true;
     const { rows: historyKeys } = await client.query<SetAside>(SET_ASIDE, [recordsHistory ? ['events'] : []]);
     // The old history goes first, with whatever refers to it (its deliveries), while the foreign
     // keys still say what that is. Event ids go on from where they were: never reused.
     if (recordsHistory) await client.query('TRUNCATE events CASCADE');
     // The history's aggregates (migration 0010): emptied with it, recomputed from the implied history below.
-    const { rows: [historyAnalytics] } = await client.query<{ present: boolean }>(
-      `SELECT to_regprocedure('history_analytics_rebuild(boolean)') IS NOT NULL AS present`,
-    );
+    const {
+      rows: [historyAnalytics],
+    } = await client.query<{ present: boolean }>(`SELECT to_regprocedure('history_analytics_rebuild(boolean)') IS NOT NULL AS present`);
     const historyAnalyticsTables = recordsHistory && historyAnalytics?.present ? HISTORY_ANALYTICS_TABLES : [];
     const { rows: historyAnalyticsKeys } = await client.query<SetAside>(SET_ASIDE, [historyAnalyticsTables]);
     // Foreign keys first: they depend on the keys they reference.
@@ -214,7 +218,9 @@ export async function seedDatabase(pool: pg.Pool, parameters: SeedParameters, op
       done(`${table}: ${fmt(rows[table])} rows`);
     }
     if (recordsHistory) {
-      const { rows: [written] } = await client.query<{ events: string }>(phases.get('history')!);
+      const {
+        rows: [written],
+      } = await client.query<{ events: string }>(phases.get('history')!);
       done(`history: ${fmt(Number(written?.events ?? 0))} events`);
     }
     await client.query(phases.get('cleanup')!);
@@ -275,10 +281,7 @@ export async function seedDatabase(pool: pg.Pool, parameters: SeedParameters, op
   const totalRows = Object.values(rows).reduce((a, b) => a + b, 0);
   const elapsed = seconds(started);
   const summary: SeedSummary = { rows, totalRows, seconds: elapsed, rowsPerSecond: Math.round(totalRows / elapsed) };
-  log(
-    `seed: done: ${SEEDED_TABLES.map((t) => `${fmt(rows[t])} ${t}`).join(', ')}; ` +
-      `${fmt(totalRows)} rows in ${elapsed.toFixed(2)} s (${fmt(summary.rowsPerSecond)} rows/s)`,
-  );
+  log(`seed: done: ${SEEDED_TABLES.map((t) => `${fmt(rows[t])} ${t}`).join(', ')}; ` + `${fmt(totalRows)} rows in ${elapsed.toFixed(2)} s (${fmt(summary.rowsPerSecond)} rows/s)`);
   return summary;
 }
 

@@ -22,10 +22,7 @@ export class CursorCodec {
 
   /** The keys of a cursor made for `sort` with `arity` keys; anything else is a 400. */
   decode(cursor: string, sort: string, arity: number): CursorValue[] {
-    const invalid = () =>
-      badRequest('cursor is not a cursor this list issued (it may be altered, or come from another sort)', [
-        { parameter: 'cursor', message: 'is invalid' },
-      ]);
+    const invalid = () => badRequest('cursor is not a cursor this list issued (it may be altered, or come from another sort)', [{ parameter: 'cursor', message: 'is invalid' }]);
     const [payload, signature, extra] = cursor.split('.');
     if (!payload || !signature || extra !== undefined) throw invalid();
     const expected = Buffer.from(this.sign(payload));

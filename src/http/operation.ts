@@ -12,8 +12,9 @@ type QueryOf<K extends OperationId> = Operation<K>['parameters'] extends { query
 type BodyOf<K extends OperationId> = Operation<K> extends { requestBody: { content: { 'application/json': infer B } } } ? B : undefined;
 
 /** The response body the spec declares for an operation and status. */
-export type ResponseBody<K extends OperationId, S extends keyof Operation<K>['responses']> =
-  Operation<K>['responses'][S] extends { content: { 'application/json': infer R } } ? R : never;
+export type ResponseBody<K extends OperationId, S extends keyof Operation<K>['responses']> = Operation<K>['responses'][S] extends { content: { 'application/json': infer R } }
+  ? R
+  : never;
 
 /** What a handler receives: the request as the spec types it, already validated and coerced. */
 export interface OperationInput<K extends OperationId> {

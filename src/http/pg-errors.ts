@@ -14,8 +14,7 @@ interface PgError {
 }
 
 /** A report from the server carries a five-character SQLSTATE; socket errors carry ECONNREFUSED and the like. */
-const isPgError = (err: unknown): err is PgError =>
-  typeof err === 'object' && err !== null && /^[0-9A-Z]{5}$/.test(String((err as PgError).code));
+const isPgError = (err: unknown): err is PgError => typeof err === 'object' && err !== null && /^[0-9A-Z]{5}$/.test(String((err as PgError).code));
 
 /** What each named constraint means to a client, where the generic reading is not enough. */
 const constraintMeanings: Record<string, { status: 400 | 409; pointer: string; message: string }> = {
@@ -61,9 +60,7 @@ export function problemFromPgError(err: unknown): ApiError | undefined {
       }
       const column = key?.[0] ?? columnOf(err, '_fkey') ?? 'reference';
       const value = key?.[1] ?? 'the given id';
-      return badRequest(`${column} ${value} does not exist`, [
-        { pointer: `/${column}`, message: `refers to ${value}, which does not exist` },
-      ]);
+      return badRequest(`${column} ${value} does not exist`, [{ pointer: `/${column}`, message: `refers to ${value}, which does not exist` }]);
     }
     if (code === '23514' || code === '23502') {
       const column = err.column ?? columnOf(err, '_check');
@@ -86,7 +83,9 @@ export function problemFromPgError(err: unknown): ApiError | undefined {
   const sysCode = (err as { code?: unknown } | null)?.code;
   if (
     /timeout exceeded when trying to connect|Connection terminated|connect ECONNREFUSED|Client has encountered a connection error|the database system is/i.test(message) ||
-    sysCode === 'ECONNREFUSED' || sysCode === 'ECONNRESET' || sysCode === 'EPIPE'
+    sysCode === 'ECONNREFUSED' ||
+    sysCode === 'ECONNRESET' ||
+    sysCode === 'EPIPE'
   ) {
     // pg-pool's own words when PG_CONNECTION_TIMEOUT_MS passed with every connection busy (a
     // handler's query, or the rate limiter's, which uses the pool directly).
@@ -112,8 +111,7 @@ export function toApiError(err: unknown): ApiError | undefined {
   // Errors from koa-bodyparser / raw-body carry a 4xx status and a safe message.
   const status = (err as { status?: unknown; expose?: unknown } | null)?.status;
   if (typeof status === 'number' && status >= 400 && status < 500) {
-    const detail =
-      status === 413 ? 'the body is larger than the limit' : status === 400 ? `the body is not valid JSON: ${(err as Error).message}` : (err as Error).message;
+    const detail = status === 413 ? 'the body is larger than the limit' : status === 400 ? `the body is not valid JSON: ${(err as Error).message}` : (err as Error).message;
     return new ApiError(status, detail);
   }
   return undefined;

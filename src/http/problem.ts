@@ -40,5 +40,4 @@ export class ApiError extends Error {
 
 export const badRequest = (detail: string, errors?: FieldError[]) => new ApiError(400, detail, errors);
 export const conflict = (detail: string, errors?: FieldError[]) => new ApiError(409, detail, errors);
-export const unavailable = (detail: string) =>
-  new ApiError(503, detail, undefined, { 'Retry-After': '1' });
+export const unavailable = (detail: string) => new ApiError(503, detail, undefined, { 'Retry-After': '1' });

@@ -14,7 +14,12 @@ export type AnalyticsSource = 'aggregates' | 'base_tables';
 
 /** by_status lists every status in the spec's enum order; a status missing here fails to compile. */
 const STATUSES = Object.keys({
-  active: 0, trialing: 0, past_due: 0, paused: 0, canceled: 0, expired: 0,
+  active: 0,
+  trialing: 0,
+  past_due: 0,
+  paused: 0,
+  canceled: 0,
+  expired: 0,
 } satisfies Record<SubscriptionStatus, 0>) as SubscriptionStatus[];
 
 /**
@@ -78,12 +83,7 @@ export function analyticsQuery(db: Kysely<Database>, source: AnalyticsSource) {
       )
       .with('user_totals', (qc) =>
         fromAggregates
-          ? qc
-              .selectFrom('analytics_user_totals')
-              .select(['user_id', 'plan_cost_sum as total'])
-              .orderBy('plan_cost_sum', 'desc')
-              .orderBy('user_id')
-              .limit(sql.lit(5))
+          ? qc.selectFrom('analytics_user_totals').select(['user_id', 'plan_cost_sum as total']).orderBy('plan_cost_sum', 'desc').orderBy('user_id').limit(sql.lit(5))
           : qc
               .selectFrom('subscriptions')
               .select((eb) => ['user_id', eb.fn.sum<string>('plan_cost').as('total')])

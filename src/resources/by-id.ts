@@ -40,7 +40,12 @@ export function byId<T extends ByIdTable>(table: T, what: string, represent: (ro
         write: (executor) =>
           Object.keys(changes).length === 0
             ? get(executor, id)
-            : (executor.updateTable(name).set(changes as Updateable<Database['users']>).where('id', '=', id).returningAll().executeTakeFirst() as Promise<Row<T> | undefined>),
+            : (executor
+                .updateTable(name)
+                .set(changes as Updateable<Database['users']>)
+                .where('id', '=', id)
+                .returningAll()
+                .executeTakeFirst() as Promise<Row<T> | undefined>),
       });
     },
 

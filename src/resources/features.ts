@@ -51,7 +51,11 @@ export async function assertFeaturesExist(trx: Kysely<Database>, ids: number[], 
 /** The page query of the feature list (exported for EXPLAIN): `q` is served by the trigram index of migration 0005. */
 export function featurePageQuery(db: Kysely<Database>, cursors: Deps['cursors'], query: { limit?: number; cursor?: string; q?: string }) {
   const page = pageRequest(cursors, query, 'id', 1);
-  let q = db.selectFrom('features').selectAll().orderBy('id').limit(page.limit + 1);
+  let q = db
+    .selectFrom('features')
+    .selectAll()
+    .orderBy('id')
+    .limit(page.limit + 1);
   if (page.after) q = q.where('id', '>', Number(page.after[0]));
   if (query.q !== undefined) q = q.where('name', 'ilike', `%${escapeLike(query.q)}%`);
   return { q, page };

@@ -82,26 +82,24 @@ export async function readMrrReport(db: Kysely<Database>, query: { from?: string
   const { rows } = await db.executeQuery(CompiledQuery.raw(REPORT_SQL[source], [from, to]) as CompiledQuery<MrrRow>);
   return {
     as_of: (rows[0]?.as_of ?? new Date()).toISOString(),
-    months: rows.map(
-      (r): MrrMonth => ({
-        month: r.month,
-        starting_mrr: formatMoney(r.starting_mrr),
-        new: formatMoney(r.new),
-        expansion: formatMoney(r.expansion),
-        contraction: formatMoney(r.contraction),
-        churn: formatMoney(r.churn),
-        reactivation: formatMoney(r.reactivation),
-        ending_mrr: formatMoney(r.ending_mrr),
-        starting_customers: count(r.starting_customers),
-        customers: count(r.customers),
-        new_customers: count(r.new_customers),
-        reactivated_customers: count(r.reactivated_customers),
-        churned_customers: count(r.churned_customers),
-        customer_churn_rate: r.customer_churn_rate,
-        revenue_churn_rate: r.revenue_churn_rate,
-        arpa: formatMoney(r.arpa),
-      }),
-    ),
+    months: rows.map((r): MrrMonth => ({
+      month: r.month,
+      starting_mrr: formatMoney(r.starting_mrr),
+      new: formatMoney(r.new),
+      expansion: formatMoney(r.expansion),
+      contraction: formatMoney(r.contraction),
+      churn: formatMoney(r.churn),
+      reactivation: formatMoney(r.reactivation),
+      ending_mrr: formatMoney(r.ending_mrr),
+      starting_customers: count(r.starting_customers),
+      customers: count(r.customers),
+      new_customers: count(r.new_customers),
+      reactivated_customers: count(r.reactivated_customers),
+      churned_customers: count(r.churned_customers),
+      customer_churn_rate: r.customer_churn_rate,
+      revenue_churn_rate: r.revenue_churn_rate,
+      arpa: formatMoney(r.arpa),
+    })),
   };
 }
 

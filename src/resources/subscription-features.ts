@@ -44,9 +44,7 @@ const links = (executor: Kysely<Database>) =>
     ]);
 
 const link = (executor: Kysely<Database>, subscriptionId: number, featureId: number) =>
-  links(executor)
-    .where('subscription_features.subscription_id', '=', subscriptionId)
-    .where('subscription_features.feature_id', '=', featureId);
+  links(executor).where('subscription_features.subscription_id', '=', subscriptionId).where('subscription_features.feature_id', '=', featureId);
 
 /**
  * Locks the subscription against other changes to its set of features (attach and replace take
@@ -176,12 +174,7 @@ export function subscriptionFeatureHandlers({ cursors }: Deps) {
         lockCurrent: (trx) => link(trx, path.id, path.feature_id).forUpdate('subscription_features').executeTakeFirst(),
         represent: toLink,
         write: (executor) =>
-          executor
-            .deleteFrom('subscription_features')
-            .where('subscription_id', '=', path.id)
-            .where('feature_id', '=', path.feature_id)
-            .returning('feature_id')
-            .executeTakeFirst(),
+          executor.deleteFrom('subscription_features').where('subscription_id', '=', path.id).where('feature_id', '=', path.feature_id).returning('feature_id').executeTakeFirst(),
       });
       ctx.status = 204;
     },

@@ -23,7 +23,11 @@ export function userHandlers({ cursors }: Deps) {
   return {
     async listUsers({ query, ctx, db }) {
       const page = pageRequest(cursors, query, 'id', 1);
-      let q = db.selectFrom('users').selectAll().orderBy('id').limit(page.limit + 1);
+      let q = db
+        .selectFrom('users')
+        .selectAll()
+        .orderBy('id')
+        .limit(page.limit + 1);
       if (page.after) q = q.where('id', '>', Number(page.after[0]));
       if (query.email !== undefined) {
         const email = query.email;

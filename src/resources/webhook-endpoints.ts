@@ -106,7 +106,11 @@ export function webhookEndpointHandlers({ cursors, webhookTargets }: Deps) {
   return {
     async listWebhookEndpoints({ query, ctx, db }) {
       const page = pageRequest(cursors, query, 'webhook_endpoints:id', 1);
-      let q = db.selectFrom('webhook_endpoints').select(endpointColumns).orderBy('id').limit(page.limit + 1);
+      let q = db
+        .selectFrom('webhook_endpoints')
+        .select(endpointColumns)
+        .orderBy('id')
+        .limit(page.limit + 1);
       if (page.after) q = q.where('id', '>', Number(page.after[0]));
       sendPage(ctx, cursors, page, 'webhook_endpoints:id', await q.execute(), toEndpoint, (row) => [row.id]);
     },
@@ -145,7 +149,9 @@ export function webhookEndpointHandlers({ cursors, webhookTargets }: Deps) {
       await getEndpoint(db, path.id);
       const sort = `webhook_deliveries:${query.status ?? ''}:${query.event_id ?? ''}`;
       const page = pageRequest(cursors, query, sort, 1);
-      let q = deliveriesQuery(db, path.id).orderBy('d.id', 'desc').limit(page.limit + 1);
+      let q = deliveriesQuery(db, path.id)
+        .orderBy('d.id', 'desc')
+        .limit(page.limit + 1);
       if (page.after) q = q.where('d.id', '<', Number(page.after[0]));
       if (query.status !== undefined) q = q.where('d.status', '=', query.status);
       if (query.event_id !== undefined) q = q.where('d.event_id', '=', query.event_id);
