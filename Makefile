@@ -30,8 +30,8 @@ run: install docs/index.html
 	SEED_WHEN_EMPTY=1 node $(SERVICE_NODE_FLAGS) --import tsx src/main.ts
 
 ## make test: codegen freshness, spec lint, type check, then every ava test against a real PostgreSQL 16.
-# FORMAT_CHECK=1 adds make format-check to make test. Off (0) until the lead has run make format over
-# the whole tree once, in a commit of its own; the lead then turns it on here.
+# FORMAT_CHECK=1 (the default) adds make format-check to make test: the tree was formatted once with
+# make format, so an unformatted change fails the run. FORMAT_CHECK=0 skips it while iterating.
 FORMAT_CHECK ?= 1
 test: install check-generated lint $(if $(filter 1,$(FORMAT_CHECK)),format-check) typecheck docs/index.html browser
 	$(TSX) scripts/run-tests.ts
