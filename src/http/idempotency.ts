@@ -21,6 +21,12 @@ interface StoredAnswer {
 /** The handler's outcome inside the transaction: its answer was set on ctx, or it refused with a 4xx. */
 type Outcome = { kind: 'answered' } | { kind: 'refused'; error: unknown; problem: ApiError } | { kind: 'replay'; stored: StoredAnswer };
 
+/** The key's lock was not free within the wait (lock_not_available): the first request is still running. */
+function stillInProgress(err: unknown): never {
+  if ((err as { code?: string }).code === '55P03') throw conflict('a request with this Idempotency-Key is still in progress; retry later');
+  throw err;
+}
+
 class RolledBackRefusal extends Error {
   constructor(readonly outcome: Extract<Outcome, { kind: 'refused' }>) {
     super('the request was refused; its effect is rolled back');
@@ -79,16 +85,17 @@ export class Idempotency {
         // The effect is rolled back; the refusal is stored in a transaction of its own, unless a
         // concurrent request with this key answered meanwhile: then that answer is the key's.
         const { problem } = err.outcome;
-        outcome = await this.db.transaction().execute(async (trx) => {
-          const stored = await this.begin(trx, client, key);
-          if (stored) return { kind: 'replay', stored } as const;
-          await this.store(trx, client, key, requestHash, problem.status, { 'content-type': 'application/problem+json' }, problem.toProblem(ctx.state.requestId));
-          return err.outcome;
-        });
-      } else if ((err as { code?: string }).code === '55P03') {
-        throw conflict('a request with this Idempotency-Key is still in progress; retry later');
+        outcome = await this.db
+          .transaction()
+          .execute(async (trx) => {
+            const stored = await this.begin(trx, client, key);
+            if (stored) return { kind: 'replay', stored } as const;
+            await this.store(trx, client, key, requestHash, problem.status, { 'content-type': 'application/problem+json' }, problem.toProblem(ctx.state.requestId));
+            return err.outcome;
+          })
+          .catch(stillInProgress);
       } else {
-        throw err;
+        stillInProgress(err);
       }
     }
 
