@@ -1,11 +1,11 @@
 /**
  * A service instance as its own process (`node --import tsx src/main.ts`) on a database the test
  * gives it: what a deployment runs once per machine. For the tests of several instances (and of
- * WEB_CONCURRENCY's workers) behaving as one service.
+ * WEB_CONCURRENCY's workers) behaving as one service. Started by spawnService (service-process.ts);
+ * this adds a free port and a graceful stop.
  */
-import { spawn } from 'node:child_process';
-import { projectRoot } from '../../src/config.js';
 import { freePort } from '../../src/free-port.js';
+import { spawnService } from './service-process.js';
 
 export interface Instance {
   url: string;
@@ -17,36 +17,20 @@ export interface Instance {
 
 export async function startInstance(env: Record<string, string>): Promise<Instance> {
   const port = await freePort();
-  const child = spawn(process.execPath, ['--import', 'tsx', 'src/main.ts'], {
-    cwd: projectRoot,
-    env: { ...process.env, HOST: '127.0.0.1', PORT: String(port), SEED_WHEN_EMPTY: '0', WEB_CONCURRENCY: '1', LOG_LEVEL: 'warn', ...env },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  let output = '';
-  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
-  const listening = new Promise<void>((resolve, reject) => {
-    const onData = (chunk: Buffer) => {
-      output += chunk.toString();
-      // The banner, printed by main.ts once every process listens.
-      if (/^API: +http/m.test(output)) resolve();
-    };
-    child.stdout.on('data', onData);
-    child.stderr.on('data', onData);
-    void exited.then(() => reject(new Error(`the instance exited before listening:\n${output.slice(-3000)}`)));
-  });
+  const service = spawnService({ PORT: String(port), LOG_LEVEL: 'warn', ...env });
   const stop = async () => {
-    if (child.exitCode === null && child.signalCode === null) {
-      child.kill('SIGTERM');
-      const guard = setTimeout(() => child.kill('SIGKILL'), 20_000);
-      await exited;
+    if (service.child.exitCode === null && service.child.signalCode === null) {
+      service.child.kill('SIGTERM');
+      const guard = setTimeout(() => service.child.kill('SIGKILL'), 20_000);
+      await service.exited;
       clearTimeout(guard);
     }
   };
   try {
-    await listening;
+    await service.listening;
   } catch (err) {
     await stop();
     throw err;
   }
-  return { url: `http://127.0.0.1:${port}`, output: () => output, stop };
+  return { url: `http://127.0.0.1:${port}`, output: service.output, stop };
 }
