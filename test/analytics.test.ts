@@ -11,6 +11,7 @@ import type { Database } from '../src/db/schema.js';
 import { loadSpec } from '../src/http/contract.js';
 import { readAnalytics } from '../src/resources/analytics.js';
 import { useTestApp } from './support/app.js';
+import { writeWhileChecking } from './support/halfway.js';
 
 type Analytics = components['schemas']['Analytics'];
 type Metrics = Omit<Analytics, 'as_of'>;
@@ -315,56 +316,9 @@ test.serial('many parallel SQL writers in separate transactions: no deadlock, th
   await app.database.pool.query("INSERT INTO users (name, email) SELECT 'User ' || i, 'c' || i || '@example.com' FROM generate_series(1, 30) i");
   const writers = 16;
   const stepsPerWriter = 60;
-  const errors: string[] = [];
   const workload = fc.sample(fc.array(concurrentStatement, { minLength: stepsPerWriter, maxLength: stepsPerWriter }), { numRuns: writers, seed: 7 });
   const before = await assertExactInOneSnapshot();
-  let writing = true;
-  // Every writer pauses halfway until one check has started after all of them got there: so at
-  // least one check sees the workload half done, whatever the machine's speed.
-  let halfway = 0;
-  let releaseHalfway!: () => void;
-  const halfwayChecked = new Promise<void>((resolve) => (releaseHalfway = resolve));
-  let halfwayState: string | undefined;
-  const checks = (async () => {
-    let n = 0;
-    try {
-      while (writing) {
-        const allHalfway = halfway === writers;
-        const state = await assertExactInOneSnapshot();
-        n++;
-        if (allHalfway && halfwayState === undefined) {
-          halfwayState = state;
-          releaseHalfway();
-        }
-      }
-      return n;
-    } finally {
-      releaseHalfway(); // a failed check must not leave the writers waiting
-    }
-  })();
-  checks.catch(() => {}); // its failure is reported where it is awaited, below
-  await Promise.all(
-    workload.map(async (statements) => {
-      const client = new pg.Client({ connectionString: app.databaseUrl });
-      await client.connect();
-      try {
-        for (const [i, s] of statements.entries()) {
-          if (i === stepsPerWriter / 2) {
-            halfway++;
-            await halfwayChecked;
-          }
-          await client.query(s.text, s.values).catch((err: { code?: string; message: string }) => {
-            if (!EXPECTED_RACE.has(err.code ?? '')) errors.push(`${err.code}: ${err.message}`);
-          });
-        }
-      } finally {
-        await client.end();
-      }
-    }),
-  ).finally(() => {
-    writing = false;
-  });
-  const snapshotChecks = await checks;
+  const { errors, halfwayState, checks: snapshotChecks } = await writeWhileChecking(app.databaseUrl, workload, EXPECTED_RACE, assertExactInOneSnapshot);
   t.deepEqual(errors, [], 'no deadlock (40P01) or other error');
   const after = await assertExactInOneSnapshot();
   // The halfway check saw data that was neither the starting point nor the end: it was mid-flight.

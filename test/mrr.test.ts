@@ -22,6 +22,7 @@ import { seedDatabase } from '../src/db/seed.js';
 import { readAnalytics } from '../src/resources/analytics.js';
 import { readAnalyticsAsOf, readMrrReport } from '../src/resources/mrr.js';
 import { useTestApp } from './support/app.js';
+import { writeWhileChecking } from './support/halfway.js';
 
 type Analytics = components['schemas']['Analytics'];
 type MrrReport = components['schemas']['MrrReport'];
@@ -533,53 +534,9 @@ test.serial('parallel SQL writers: no deadlock, the report and as_of equal the o
   const stepsPerWriter = 40;
   const started = Date.now();
   const workload = fc.sample(fc.array(concurrentStatement, { minLength: stepsPerWriter, maxLength: stepsPerWriter }), { numRuns: writers, seed: 13 });
-  const errors: string[] = [];
   const instants = () => [new Date(started + Math.floor((Date.now() - started) / 2)).toISOString(), new Date(Date.now() - 1).toISOString()];
   const before = await checkInOneSnapshot(from, to, instants());
-  let halfway = 0;
-  let release!: () => void;
-  const halfwayChecked = new Promise<void>((r) => (release = r));
-  let halfwayState: string | undefined;
-  let writing = true;
-  let snapshots = 0;
-  const checks = (async () => {
-    try {
-      while (writing) {
-        const allHalfway = halfway === writers;
-        const state = await checkInOneSnapshot(from, to, instants());
-        snapshots++;
-        if (allHalfway && halfwayState === undefined) {
-          halfwayState = state;
-          release();
-        }
-      }
-    } finally {
-      release();
-    }
-  })();
-  checks.catch(() => {});
-  await Promise.all(
-    workload.map(async (statements) => {
-      const client = new pg.Client({ connectionString: app.databaseUrl });
-      await client.connect();
-      try {
-        for (const [i, s] of statements.entries()) {
-          if (i === stepsPerWriter / 2) {
-            halfway++;
-            await halfwayChecked;
-          }
-          await client.query(s.text, s.values).catch((err: { code?: string; message: string }) => {
-            if (!EXPECTED_RACE.has(err.code ?? '')) errors.push(`${err.code}: ${err.message}`);
-          });
-        }
-      } finally {
-        await client.end();
-      }
-    }),
-  ).finally(() => {
-    writing = false;
-  });
-  await checks;
+  const { errors, halfwayState, checks: snapshots } = await writeWhileChecking(app.databaseUrl, workload, EXPECTED_RACE, () => checkInOneSnapshot(from, to, instants()));
   t.deepEqual(errors, [], 'no deadlock (40P01) or other error');
   const after = await checkInOneSnapshot(from, to, instants());
   t.not(halfwayState, before, 'the halfway check saw the first half');
