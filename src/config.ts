@@ -43,6 +43,8 @@ export interface Config {
   idempotencyWaitMs: number;
   /** Worker processes serving the port (node:cluster); 1 serves from this process. */
   webConcurrency: number;
+  /** Prometheus metrics collected and served at GET /metrics; METRICS=0 turns both off (no /metrics route). */
+  metrics: boolean;
   /** GET /metrics without an API key (METRICS_PUBLIC=1); otherwise it needs one, as /api does. */
   metricsPublic: boolean;
   /** Requests per API key per minute, shared by every process and instance; 0 turns rate limiting off. */
@@ -77,6 +79,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       .split(',')
       .map((k) => k.trim())
       .filter(Boolean),
+    metrics: env.METRICS !== '0',
     metricsPublic: env.METRICS_PUBLIC === '1',
     rateLimitPerMinute: intFromEnv(env, 'RATE_LIMIT_PER_MINUTE', 600),
     rateLimitWindowSeconds: intFromEnv(env, 'RATE_LIMIT_WINDOW_SECONDS', 60),

@@ -108,6 +108,7 @@ export async function startService(config: Config, log: Logger = pino({ level: c
         idempotencyWaitMs: config.idempotencyWaitMs,
         isReady: async () => !draining && (await database.pool.query('SELECT 1')).rowCount === 1,
         pool: database.pool,
+        metrics: config.metrics,
         metricsPublic: config.metricsPublic,
         rateLimit: { perMinute: config.rateLimitPerMinute, windowSeconds: config.rateLimitWindowSeconds },
         corsOrigins: config.corsOrigins,

@@ -147,6 +147,19 @@ test.serial('METRICS_PUBLIC=1 serves /metrics without a key; /api still needs on
   }
 });
 
+test.serial('METRICS=0 collects nothing and has no /metrics route (404 problem); the API answers as before', async (t) => {
+  const off = await startTestApp({ METRICS: '0' });
+  try {
+    const response = await fetch(`${off.url}/metrics`, { headers: auth });
+    t.is(response.status, 404);
+    t.is(response.headers.get('content-type'), 'application/problem+json');
+    const features = await fetch(`${off.url}/api/features`, { headers: auth });
+    t.is(features.status, 200);
+  } finally {
+    await off.close();
+  }
+});
+
 test.serial('with WEB_CONCURRENCY=2 every scrape, whichever worker answers it, counts the requests of both workers', async (t) => {
   const databaseUrl = await createTestDatabase();
   const service = await startInstance({ DATABASE_URL: databaseUrl, API_KEYS: TEST_API_KEY, WEB_CONCURRENCY: '2', RATE_LIMIT_PER_MINUTE: '0' });

@@ -26,6 +26,8 @@ export interface AppOptions {
   isReady: () => Promise<boolean>;
   /** The database pool: its size, idle and waiting counts for /metrics; the rate limiter's store. */
   pool: pg.Pool;
+  /** Collect Prometheus metrics and serve them at GET /metrics; false: neither (no route, no middleware). */
+  metrics: boolean;
   /** GET /metrics without an API key. */
   metricsPublic: boolean;
   /** Per API key, shared through the database; perMinute 0 turns it off. */
@@ -63,14 +65,14 @@ export async function createApp(deps: Deps, options: AppOptions): Promise<Koa<Re
   const contract = await Contract.load(spec.document);
   const specJson = JSON.stringify(spec.document);
 
-  const metrics = new ServiceMetrics(contract.operations, options.pool);
+  const metrics = options.metrics ? new ServiceMetrics(contract.operations, options.pool) : undefined;
   const router = new Router<RequestState>();
   routeOperations(router, contract, allHandlers(deps), {
     db: deps.db,
     bodyLimitBytes: options.bodyLimitBytes,
-    idempotency: new Idempotency(deps.db, options.idempotencyWaitMs, metrics.countReplay),
+    idempotency: new Idempotency(deps.db, options.idempotencyWaitMs, metrics?.countReplay),
   });
-  router.get('/metrics', metrics.route(options.apiKeys, options.metricsPublic));
+  if (metrics) router.get('/metrics', metrics.route(options.apiKeys, options.metricsPublic));
   router.get('/healthz', (ctx) => {
     ctx.body = { status: 'ok' };
   });
@@ -91,7 +93,7 @@ export async function createApp(deps: Deps, options: AppOptions): Promise<Koa<Re
 
   const app = new Koa<RequestState>();
   app.proxy = false;
-  app.use(metrics.middleware(router));
+  if (metrics) app.use(metrics.middleware(router));
   app.use(requestContext(deps.log));
   const cors = corsForOrigins(options.corsOrigins);
   if (cors) app.use(cors);
