@@ -10,7 +10,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { projectRoot } from '../src/config.js';
 import { CursorCodec } from '../src/http/cursor.js';
-import { analyticsTriggerSwitch } from './analytics.js';
+import { maintenanceTriggerSwitch } from './analytics.js';
 import { checkoutCommit, prepareBaseline, type BaselineCheckout } from './baseline.js';
 import { appliedMigrations, copyForOlderCheckout, openBenchDatabase, seedBenchDatabase } from './database.js';
 import { daysAgo, explainListVariants } from './explain.js';
@@ -61,19 +61,20 @@ try {
 
   log(`# EXPLAIN (ANALYZE, BUFFERS) of the subscription list variants: first page and a page 90% deep, median of ${settings.explainRuns} runs each`);
   const explained = await explainListVariants(database, cursors, settings.explainRuns);
-  const triggers = await analyticsTriggerSwitch(database, log);
+  const triggers = await maintenanceTriggerSwitch(database, log);
 
   const context: ScenarioContext = {
     settings,
     database,
     triggers,
+    servers,
     users: settings.users,
     subscriptions: maxId,
     deepCursor,
     sixMonthsAgo: daysAgo(182),
     baseline: Boolean(baseline),
     variant: Boolean(settings.variant),
-    record: { rebuilds: [], midFlight: [] },
+    record: { restores: [], midFlight: [] },
   };
   const planned = scenarios(context);
   const comparisons = planned.comparisons.filter((c) => !settings.only || settings.only.test(c.name));
@@ -100,7 +101,11 @@ try {
     });
   }
   if (settings.variant && uses('variant')) servers.variant = await startService({ ...common, name: 'variant', cwd: projectRoot, ...settings.variant });
-  for (const extra of services) servers[extra.name] = await startService({ ...common, name: extra.name, cwd: projectRoot, ...settings.ours, env: extra.env });
+  for (const extra of services) {
+    const server = await startService({ ...common, name: extra.name, cwd: projectRoot, ...settings.ours, env: extra.env });
+    servers[extra.name] = server;
+    if (extra.verify) log(`# ${extra.name}: ${await extra.verify(server, ours)}`);
+  }
   const idle = Object.fromEntries(Object.entries(servers).map(([name, s]) => [name, treeMemory(s.pid)]));
   for (const [name, s] of Object.entries(servers)) {
     log(`# ${name} ready on ${s.url}: ${idle[name]!.processes} process(es), RSS ${Math.round(idle[name]!.sumMb)} MB; ${JSON.stringify(s.description)}`);
@@ -131,10 +136,10 @@ try {
   const errorsPerRun = runs.map((m) => m.errors);
   const totalErrors = errorsPerRun.reduce((a, b) => a + b, 0);
   const errorsVerdict = verdict(errorsPerRun, { op: '<=', value: 0 }, settings.rounds);
-  const { midFlight, rebuilds } = context.record;
+  const { midFlight, restores, feedWalk } = context.record;
   const midFlightMismatches = midFlight.reduce((n, c) => n + c.mismatches.length, 0);
   const midFlightErrors = midFlight.filter((c) => c.error).length;
-  const rebuildFailures = rebuilds.filter((r) => r.check.error || r.check.mismatches.length > 0).length;
+  const restoreFailures = restores.filter((r) => r.check.error || r.check.mismatches.length > 0 || r.historyDifferences > 0).length;
   const analyticsSide = results.flatMap((c) => c.sides).find((s) => s.name === 'analytics (maintained aggregates)');
   const at500k = settings.size === 500_000 ? undefined : previousAnalyticsP50(resultsDir, 500_000);
   const acrossRuns =
@@ -148,13 +153,21 @@ try {
   log(
     `\nRATIOS (${settings.rounds} interleaved round${settings.rounds === 1 ? '' : 's'} each${quick ? `: ${NOT_A_VERDICT}` : ''}; load average ${loadAverageAtStart[0]!.toFixed(1)} at start, ${os.loadavg()[0]!.toFixed(1)} at end on ${os.cpus().length} shared cores)`,
   );
-  for (const r of [...allRatios, ...allLimits]) log(`ratio ${spreadLine(r, settings.rounds)}`);
+  for (const r of allRatios) log(`ratio ${spreadLine(r, settings.rounds)}`);
+  for (const r of allLimits) log(`figure ${spreadLine(r, settings.rounds)}`);
   log(`errors: ${totalErrors} in ${runs.length} timed runs; target 0: ${errorsVerdict}`);
   if (acrossRuns) log(`analytics p50 at ${settings.size} / at 500k (${acrossRuns.from}): ${num(acrossRuns.analytics_p50_this_size_over_500k)} (${acrossRuns.note})`);
-  for (const r of rebuilds)
+  if (restores.length) log(`triggers disabled for the triggers-off inserts: ${triggers.names.join(', ')}`);
+  for (const r of restores) {
+    const history =
+      r.historyDifferences < 0 ? 'no history_analytics_reconcile()' : `history_analytics_reconcile() ${r.historyDifferences} differences (${r.historySeconds.toFixed(1)} s)`;
     log(
-      `analytics_rebuild() after triggers-disabled run ${r.round === 0 ? '(warm-up)' : `round ${r.round}`}: ${r.rebuildSeconds.toFixed(1)} s, mismatches ${r.check.error ?? r.check.mismatches.length}`,
+      `after the triggers-off inserts ${r.round === 0 ? '(warm-up)' : `round ${r.round}`}: ${r.deleted} rows deleted and triggers enabled in ${r.restoreSeconds.toFixed(1)} s; analytics mismatches ${r.check.error ?? r.check.mismatches.length}; ${history}`,
     );
+    for (const m of r.check.mismatches.slice(0, 10)) log(`  ${m}`);
+  }
+  if (feedWalk)
+    log(`feed walked once for its cursors: ${feedWalk.events.toLocaleString('en-US')} events, ${feedWalk.pages.length} full pages, in ${feedWalk.seconds.toFixed(1)} s`);
   for (const c of midFlight) {
     log(
       `mid-flight check (${c.label}, ${c.startedAtMs}-${c.finishedAtMs} ms into the ${c.runSeconds} s run, ${c.subscriptionCount - c.rowsAtStartOfRun} rows inserted by then): ${c.error ?? `${c.mismatches.length} mismatches`}`,
@@ -194,13 +207,14 @@ try {
     errors: { total: totalErrors, timedRuns: runs.length, verdict: errorsVerdict },
     acrossRuns: acrossRuns ?? null,
     comparisons: results,
-    insertThroughput: { triggersDisabled: triggers.names, rebuilds },
+    insertThroughput: { triggersDisabled: triggers.names, restores },
+    feedWalk: feedWalk ? { events: feedWalk.events, fullPages: feedWalk.pages.length, seconds: feedWalk.seconds } : null,
     analyticsExactAfterLoad: analyticsExact,
     midFlight: { mismatches: midFlightMismatches, errors: midFlightErrors, checks: midFlight },
     explain: explained,
   });
   log(`written: ${path.relative(projectRoot, file)}${quick ? ` (${NOT_A_VERDICT})` : ''}`);
-  const exact = analyticsExact && midFlightMismatches === 0 && midFlightErrors === 0 && rebuildFailures === 0;
+  const exact = analyticsExact && midFlightMismatches === 0 && midFlightErrors === 0 && restoreFailures === 0;
   process.exit(exact ? 0 : 1);
 } catch (err) {
   await stopAll();

@@ -24,6 +24,16 @@ export interface Side {
   after?: () => Promise<void>;
   /** Beside every timed run (started with it, given its start time), awaited after it. */
   during?: (since: number, round: number) => Promise<void>;
+  /**
+   * Drives the run itself instead of the load generator (a steady rate from this process, say):
+   * its requests' figures, and figures of its own (`figures`, judged by limits that name them).
+   */
+  driver?: (seconds: number, round: number) => Promise<DriverResult>;
+}
+
+/** What a side's own driver measured: its requests as a load run does, and figures by name. */
+export interface DriverResult extends LoadResult {
+  figures: Record<string, number>;
 }
 
 export type Metric = 'requestsPerSecond' | 'p50Ms' | 'p99Ms' | 'bytesPerRequest' | 'rssMaxPerProcessMb' | 'rssSumMb';
@@ -38,12 +48,17 @@ export interface RatioSpec {
   metric: Metric;
   target?: Target;
 }
-/** A bound on one side's own figure (resident memory, say), judged on its range like a ratio. */
+/**
+ * A bound on one side's own figure (resident memory, say), judged on its range like a ratio: a
+ * metric times `factor` (req/s x events per page = events/s), or a figure of the side's driver.
+ */
 export interface LimitSpec {
   name: string;
   side: string;
-  metric: Metric;
-  target: Target;
+  metric: Metric | { figure: string };
+  factor?: number;
+  /** Without one, the figure is reported (median, range) and judged by nobody. */
+  target?: Target;
 }
 
 /** Sides measured in interleaved rounds, and the ratios taken between them. */
@@ -62,6 +77,8 @@ export interface Measurement extends LoadResult {
   rssMaxPerProcessMb: number;
   rssSumMb: number;
   processes: number;
+  /** A driver's own figures (empty for a load-generator run). */
+  figures: Record<string, number>;
 }
 export interface Spread {
   median: number;
@@ -75,11 +92,12 @@ export interface SideResult {
   connections: number;
   amount: number | null;
   rounds: Measurement[];
-  summary: Record<Metric, Spread> & { errors: number };
+  summary: Record<Metric, Spread> & { errors: number; figures: Record<string, Spread> };
 }
 export interface SpreadResult extends Spread {
   name: string;
-  metric: Metric;
+  /** A metric, `figure:<name>` for a driver's figure, with ` x <factor>` when scaled. */
+  metric: string;
   perRound: number[];
   target: Target | null;
   verdict: Verdict | null;
@@ -131,24 +149,26 @@ async function measureOnce(side: Side, ctx: RunContext, seconds: number, round: 
   const loadAverage = os.loadavg()[0]!;
   const memory = sampleMemory(server);
   const since = performance.now();
-  const running = runLoad(
-    ctx.settings.loadGenerator,
-    {
-      url: server.url,
-      requests: side.requests,
-      connections: side.connections ?? ctx.settings.connections,
-      seconds: side.amount ? 600 : seconds,
-      ...(side.amount ? { amount: warmup ? Math.min(2, side.amount) : side.amount } : {}),
-      headers: requestHeaders,
-    },
-    ctx.settings.wrkThreads,
-  );
+  const running: Promise<LoadResult & { figures?: Record<string, number> }> = side.driver
+    ? side.driver(seconds, round)
+    : runLoad(
+        ctx.settings.loadGenerator,
+        {
+          url: server.url,
+          requests: side.requests,
+          connections: side.connections ?? ctx.settings.connections,
+          seconds: side.amount ? 600 : seconds,
+          ...(side.amount ? { amount: warmup ? Math.min(2, side.amount) : side.amount } : {}),
+          headers: requestHeaders,
+        },
+        ctx.settings.wrkThreads,
+      );
   const beside = warmup ? undefined : side.during?.(since, round);
-  const result = await running;
+  const { figures = {}, ...result } = await running;
   await beside;
   const peak: TreeMemory = memory();
   await side.after?.();
-  return { ...result, round, startedAt, loadAverage, rssMaxPerProcessMb: peak.maxPerProcessMb, rssSumMb: peak.sumMb, processes: peak.processes };
+  return { ...result, round, startedAt, loadAverage, rssMaxPerProcessMb: peak.maxPerProcessMb, rssSumMb: peak.sumMb, processes: peak.processes, figures };
 }
 
 /**
@@ -160,7 +180,7 @@ export async function warmUpServers(comparisons: Comparison[], ctx: RunContext):
   const seconds = ctx.settings.serverWarmupSeconds;
   if (seconds <= 0) return;
   for (const name of Object.keys(ctx.servers)) {
-    const requests = comparisons.flatMap((c) => c.sides.filter((s) => s.server === name && !s.amount && !s.before).flatMap((s) => s.requests));
+    const requests = comparisons.flatMap((c) => c.sides.filter((s) => s.server === name && !s.amount && !s.before && !s.driver).flatMap((s) => s.requests));
     if (requests.length === 0) continue;
     const unique = [...new Set(requests)];
     const r = await runLoad(
@@ -184,9 +204,10 @@ export async function runComparison(comparison: Comparison, ctx: RunContext): Pr
       await sleep(500); // the previous run's last requests finish before this one starts
       const m = await measureOnce(side, ctx, seconds, round);
       runs.get(side.name)!.push(m);
+      const figures = Object.entries(m.figures).map(([k, v]) => `, ${k} ${fmt(v)}`);
       ctx.log(
         `# ${comparison.name} | ${side.name} | round ${round}/${rounds}: ${fmt(m.requestsPerSecond)} req/s, p50 ${fmt(m.p50Ms)} ms, p99 ${fmt(m.p99Ms)} ms, ` +
-          `errors ${m.errors}, RSS max/process ${Math.round(m.rssMaxPerProcessMb)} MB (${m.processes} processes, sum ${Math.round(m.rssSumMb)} MB), load avg ${m.loadAverage.toFixed(1)}`,
+          `errors ${m.errors}, RSS max/process ${Math.round(m.rssMaxPerProcessMb)} MB (${m.processes} processes, sum ${Math.round(m.rssSumMb)} MB), load avg ${m.loadAverage.toFixed(1)}${figures.join('')}`,
       );
     }
   }
@@ -199,7 +220,11 @@ export async function runComparison(comparison: Comparison, ctx: RunContext): Pr
       connections: side.connections ?? ctx.settings.connections,
       amount: side.amount ?? null,
       rounds: measured,
-      summary: { ...summary, errors: measured.reduce((n, m) => n + m.errors, 0) },
+      summary: {
+        ...summary,
+        errors: measured.reduce((n, m) => n + m.errors, 0),
+        figures: Object.fromEntries(Object.keys(measured[0]?.figures ?? {}).map((k) => [k, spread(measured.map((m) => m.figures[k] ?? Number.NaN))])),
+      },
     };
   });
   const valuesOf = (name: string, metric: Metric) => {
@@ -207,7 +232,7 @@ export async function runComparison(comparison: Comparison, ctx: RunContext): Pr
     if (!measured) throw new Error(`comparison "${comparison.name}" has no side "${name}"`);
     return measured.map((m) => m[metric]);
   };
-  const judged = (name: string, metric: Metric, perRound: number[], target: Target | undefined): SpreadResult => ({
+  const judged = (name: string, metric: string, perRound: number[], target: Target | undefined): SpreadResult => ({
     name,
     metric,
     perRound,
@@ -220,6 +245,13 @@ export async function runComparison(comparison: Comparison, ctx: RunContext): Pr
     const perRound = valuesOf(r.numerator, r.metric).map((v, i) => v / denominators[i]!);
     return { ...judged(r.name, r.metric, perRound, r.target), numerator: r.numerator, denominator: r.denominator };
   });
-  const limits = (comparison.limits ?? []).map((l) => judged(l.name, l.metric, valuesOf(l.side, l.metric), l.target));
+  const limits = (comparison.limits ?? []).map((l) => {
+    const factor = l.factor ?? 1;
+    const measured = runs.get(l.side);
+    if (!measured) throw new Error(`comparison "${comparison.name}" has no side "${l.side}"`);
+    const metric = typeof l.metric === 'string' ? l.metric : `figure:${l.metric.figure}`;
+    const values = measured.map((m) => (typeof l.metric === 'string' ? m[l.metric] : (m.figures[l.metric.figure] ?? Number.NaN)) * factor);
+    return judged(l.name, factor === 1 ? metric : `${metric} x ${factor}`, values, l.target);
+  });
   return { name: comparison.name, sides, ratios, limits };
 }

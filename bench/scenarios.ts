@@ -10,21 +10,28 @@
  * ours (as the rate limiter's below); metrics are req/s, p50, p99, bytes per response and RSS.
  */
 import type { DatabaseHandle } from '../src/db/database.js';
-import { checkAnalytics, type AnalyticsCheck, type AnalyticsTriggers } from './analytics.js';
-import { get, int, keyed, pick, post, t, type BenchRequest } from './requests.js';
+import { checkAnalytics, type AnalyticsCheck, type MaintenanceTriggers, type RestoreResult } from './analytics.js';
+import { walkFeed, type FeedWalk } from './feed.js';
+import { get, int, keyed, pick, post, render, t, type BenchRequest } from './requests.js';
 import type { Comparison, LimitSpec, Metric, RatioSpec, Side, Target } from './rounds.js';
+import { requestHeaders, type Server } from './servers.js';
 import type { BenchSettings } from './settings.js';
+import { webhookRun } from './webhooks.js';
 
 /** Another instance of our service for some sides: its name and the environment that differs. */
 export interface ExtraService {
   name: string;
   env: Record<string, string>;
+  /** Checked once both it and ours are up (that the setting took); a line for the log, or it throws. */
+  verify?: (server: Server, ours: Server) => Promise<string>;
 }
 
 export interface ScenarioContext {
   settings: BenchSettings;
   database: DatabaseHandle;
-  triggers: AnalyticsTriggers;
+  triggers: MaintenanceTriggers;
+  /** The running servers by name, filled in by main once they are up (before any side runs). */
+  servers: Record<string, Server>;
   /** Ids of the seeded rows run 1..users and 1..subscriptions. */
   users: number;
   subscriptions: number;
@@ -34,7 +41,8 @@ export interface ScenarioContext {
   variant: boolean;
   /** Filled while the scenarios run, for the report. */
   record: {
-    rebuilds: Array<{ round: number; rebuildSeconds: number; check: AnalyticsCheck }>;
+    restores: Array<RestoreResult & { round: number }>;
+    feedWalk?: FeedWalk;
     midFlight: Array<AnalyticsCheck & { round: number; rowsAtStartOfRun: number; runSeconds: number }>;
   };
 }
@@ -115,25 +123,27 @@ export function scenarios(ctx: ScenarioContext): { services: ExtraService[]; com
       ],
       [ratio('plain-SQL analytics p50 / maintained p50 (2 conns)', 'analytics (plain SQL over base tables), 2 conns', 'analytics (maintained aggregates), 2 conns', 'p50Ms')],
     ),
+    // Issues 12 and 13: what the analytics aggregates, the history of events and the MRR aggregates
+    // kept from it cost a single-row insert: the same load with every one of their triggers off
+    // (bench/analytics.ts finds them); the rows inserted meanwhile are deleted before they are on again.
     compare(
       'inserts',
       [
-        ours('POST /api/subscriptions (aggregates maintained)', [newSubscription]),
-        // What the aggregates cost a single-row insert: the same load with the analytics triggers off.
-        ours('POST /api/subscriptions (analytics triggers disabled)', [newSubscription], {
+        ours('POST /api/subscriptions (aggregates and history maintained)', [newSubscription]),
+        ours('POST /api/subscriptions (aggregate and history triggers disabled)', [newSubscription], {
           before: () => ctx.triggers.disable(),
           after: async () => {
             await sleep(2_000); // the load generator does not wait for its last requests: let those land unmaintained
-            const rebuilt = await ctx.triggers.enableAndRebuild();
-            ctx.record.rebuilds.push({ round: ctx.record.rebuilds.length, ...rebuilt });
+            const restored = await ctx.triggers.restore();
+            ctx.record.restores.push({ round: ctx.record.restores.length, ...restored });
           },
         }),
       ],
       [
         ratio(
-          'insert req/s, aggregates maintained / triggers disabled',
-          'POST /api/subscriptions (aggregates maintained)',
-          'POST /api/subscriptions (analytics triggers disabled)',
+          'insert req/s, aggregates and history maintained / all their triggers disabled',
+          'POST /api/subscriptions (aggregates and history maintained)',
+          'POST /api/subscriptions (aggregate and history triggers disabled)',
           'requestsPerSecond',
           atLeast(0.7),
         ),
@@ -166,6 +176,61 @@ export function scenarios(ctx: ScenarioContext): { services: ExtraService[]; com
     ),
   );
 
+  // Issue 12, following the feed: full pages of GET /api/events?limit=500 by cursor, at random,
+  // through one connection; the cursors come from one walk of the whole feed when the side first runs.
+  const feedPages: string[] = [];
+  const feedPageSize = 500;
+  const feedSide = ours(`following the feed: GET /api/events?limit=${feedPageSize} by cursor, 1 conn`, [get(t`/api/events?limit=${feedPageSize}${pick(feedPages)}`)], {
+    connections: 1,
+    before: async () => {
+      if (ctx.record.feedWalk) return;
+      const walk = await walkFeed(ctx.servers.ours!.url, feedPageSize);
+      if (walk.pages.length === 0) throw new Error(`the feed has no full page of ${feedPageSize} events`);
+      feedPages.push(...walk.pages);
+      ctx.record.feedWalk = walk;
+    },
+  });
+  list.push(
+    compare(
+      'feed',
+      [feedSide],
+      [],
+      [
+        {
+          name: `feed events/s through one client (req/s x ${feedPageSize} events a page)`,
+          side: feedSide.name,
+          metric: 'requestsPerSecond',
+          factor: feedPageSize,
+          target: atLeast(100_000),
+        },
+      ],
+    ),
+  );
+
+  // Issue 12, webhook delivery: one endpoint on a receiver in this process, subscription.created
+  // produced at a steady rate; commit-to-receipt latency, and every event received once, signed.
+  const webhookSide = ours(`webhook delivery: POST /api/subscriptions at ${settings.webhookRate}/s, one receiver on 127.0.0.1`, [newSubscription], {
+    connections: 1,
+    driver: (seconds) =>
+      webhookRun({ serverUrl: ctx.servers.ours!.url, rate: settings.webhookRate, seconds, drainSeconds: settings.webhookDrainSeconds, body: () => render(newSubscription.body!) }),
+  });
+  const figure = (name: string, key: string, target?: Target): LimitSpec => ({ name, side: webhookSide.name, metric: { figure: key }, ...(target ? { target } : {}) });
+  list.push(
+    compare(
+      'webhooks',
+      [webhookSide],
+      [],
+      [
+        figure('webhook delivery p50, occurred_at to receipt (ms)', 'deliveryP50Ms', under(200)),
+        figure('webhook delivery p99, occurred_at to receipt (ms)', 'deliveryP99Ms'),
+        figure('webhook delivery p50, POST answered to receipt (ms)', 'afterAnswerP50Ms'),
+        figure('webhook events lost (of those created in the run)', 'lost', atMost(0)),
+        figure('webhook events received more than once', 'duplicates', atMost(0)),
+        figure('webhook deliveries whose signature fails', 'badSignatures', atMost(0)),
+      ],
+    ),
+  );
+
   // What the rate limiter costs a request: the same GET with a limit no run reaches (one upsert per request).
   const services: ExtraService[] = [{ name: 'rate-limited', env: { RATE_LIMIT_PER_MINUTE: '1000000000' } }];
   const limited = side('one-row GET, rate limiter on', 'rate-limited', [oneRow]);
@@ -176,6 +241,30 @@ export function scenarios(ctx: ScenarioContext): { services: ExtraService[]; com
       [
         ratio('one-row GET req/s, rate limiter on / off', limited.name, oursOneRow.name, 'requestsPerSecond'),
         ratio('one-row GET p50, rate limiter on / off', limited.name, oursOneRow.name, 'p50Ms'),
+      ],
+    ),
+  );
+
+  // Issue 11: what the /metrics collection costs a request: the same GET on a second service with
+  // METRICS=0 (no collection middleware, no /metrics route; checked when it starts).
+  services.push({
+    name: 'no-metrics',
+    env: { METRICS: '0' },
+    verify: async (server, oursServer) => {
+      const status = async (s: Server) => (await fetch(`${s.url}/metrics`, { headers: requestHeaders })).status;
+      const [on, off] = [await status(oursServer), await status(server)];
+      if (on !== 200 || off !== 404) throw new Error(`GET /metrics answers ${on} on ours and ${off} with METRICS=0 (expected 200 and 404): the setting did not take`);
+      return `GET /metrics: ${on} on ours, ${off} with METRICS=0`;
+    },
+  });
+  const unmetered = side('one-row GET, metrics off (METRICS=0)', 'no-metrics', [oneRow]);
+  list.push(
+    compare(
+      'metrics',
+      [oursOneRow, unmetered],
+      [
+        ratio('one-row GET req/s, metrics on / off', oursOneRow.name, unmetered.name, 'requestsPerSecond'),
+        ratio('one-row GET p50, metrics on / off', oursOneRow.name, unmetered.name, 'p50Ms'),
       ],
     ),
   );

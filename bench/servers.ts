@@ -79,6 +79,8 @@ export async function startService(options: ServiceOptions): Promise<Server> {
     PG_POOL_SIZE: String(options.poolSize),
     // One API key sends every request: a per-key limit would answer 429 within a second.
     RATE_LIMIT_PER_MINUTE: '0',
+    // The webhook comparison's receiver is on 127.0.0.1 (no endpoint exists outside that comparison).
+    WEBHOOK_ALLOW_PRIVATE: '1',
     ...options.env,
   };
   delete env.SEED_WHEN_EMPTY;
@@ -91,7 +93,7 @@ export async function startService(options: ServiceOptions): Promise<Server> {
     nodeFlags: options.nodeFlags.join(' '),
     webConcurrency: options.webConcurrency ?? '(service default)',
     poolSize: options.poolSize,
-    env: { RATE_LIMIT_PER_MINUTE: '0', ...options.env },
+    env: { RATE_LIMIT_PER_MINUTE: '0', WEBHOOK_ALLOW_PRIVATE: '1', ...options.env },
   });
 }
 

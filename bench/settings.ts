@@ -26,6 +26,9 @@ export interface BenchSettings {
   statementTimeoutMs: number;
   explainRuns: number;
   midFlightChecks: number;
+  /** Webhook comparison: POSTs per second, and how long to wait for deliveries after the last answer. */
+  webhookRate: number;
+  webhookDrainSeconds: number;
   loadGenerator: LoadGeneratorName;
   wrkThreads: number;
   ours: ServiceSettings;
@@ -78,6 +81,8 @@ export function loadSettings(env: NodeJS.ProcessEnv = process.env): BenchSetting
     statementTimeoutMs: int('BENCH_STATEMENT_TIMEOUT_MS', 60_000),
     explainRuns: Math.max(1, int('BENCH_EXPLAIN_RUNS', 3)),
     midFlightChecks: Math.max(1, int('BENCH_MIDFLIGHT_CHECKS', 3)),
+    webhookRate: Math.max(1, int('BENCH_WEBHOOK_RATE', 50)),
+    webhookDrainSeconds: Math.max(1, int('BENCH_WEBHOOK_DRAIN_SECONDS', 30)),
     loadGenerator,
     wrkThreads: Math.max(1, int('BENCH_WRK_THREADS', 1)),
     ours,
