@@ -17,7 +17,7 @@ import { daysAgo, explainListVariants } from './explain.js';
 import { num, previousAnalyticsP50, printComparison, printExplain, spreadLine, writeResults } from './report.js';
 import { runComparison, verdict, warmUpServers, type ComparisonResult } from './rounds.js';
 import { scenarios, type ScenarioContext } from './scenarios.js';
-import { processMemory, processName, processTree, requestHeaders, startFloor, startService, treeMemory, type Server } from './servers.js';
+import { localPostmaster, processMemory, processName, processTree, requestHeaders, startFloor, startService, treeMemory, type Server } from './servers.js';
 import { isVerdictRun, loadSettings, NOT_A_VERDICT } from './settings.js';
 
 const log = (line: string) => console.log(line);
@@ -52,6 +52,11 @@ try {
     }
   }
   const database = bench.handle;
+  // PostgreSQL's CPU time per request is read from /proc when the server runs here (the embedded one does).
+  const databasePid = localPostmaster(Number((await database.pool.query('SELECT pg_backend_pid() AS pid')).rows[0].pid));
+  log(
+    `# CPU time per request: the servers' process trees${databasePid ? ` and PostgreSQL's (postmaster ${databasePid})` : '; PostgreSQL is not on this machine, its CPU is not counted'}`,
+  );
 
   // The service's cursor key, read as the service reads it: cursors made here are ones it issues.
   const secret = await database.db.selectFrom('service_secrets').select('value').where('name', '=', 'cursor_hmac_key').executeTakeFirstOrThrow();
@@ -111,9 +116,9 @@ try {
     log(`# ${name} ready on ${s.url}: ${idle[name]!.processes} process(es), RSS ${Math.round(idle[name]!.sumMb)} MB; ${JSON.stringify(s.description)}`);
   }
 
-  await warmUpServers(comparisons, { settings, servers, log });
+  await warmUpServers(comparisons, { settings, servers, databasePid, log });
   const results: ComparisonResult[] = [];
-  for (const comparison of comparisons) results.push(await runComparison(comparison, { settings, servers, log }));
+  for (const comparison of comparisons) results.push(await runComparison(comparison, { settings, servers, databasePid, log }));
 
   // Analytics must still equal the plain answer after the writes of the load (let the last writes land).
   await new Promise((r) => setTimeout(r, 2_000));

@@ -19,11 +19,11 @@ export function spreadLine(r: SpreadResult, rounds: number): string {
 
 export function printComparison(c: ComparisonResult, rounds: number, log: (line: string) => void): void {
   log(`\n== ${c.name} (${rounds} interleaved round${rounds === 1 ? '' : 's'}; median [min-max])${rounds < 3 ? `: ${NOT_A_VERDICT}` : ''}`);
-  log(`${pad('side', 72)}${pad('conns', 14)}${pad('req/s', 22)}${pad('p50 ms', 20)}${pad('p99 ms', 20)}${pad('errors', 8)}RSS max/process MB`);
+  log(`${pad('side', 72)}${pad('conns', 14)}${pad('req/s', 22)}${pad('p50 ms', 20)}${pad('p99 ms', 20)}${pad('errors', 8)}${pad('CPU µs/req svc + PG', 24)}RSS max/process MB`);
   for (const s of c.sides) {
     const conns = s.amount ? `${s.connections} (${s.amount} req)` : s.connections;
     log(
-      `${pad(s.name, 72)}${pad(conns, 14)}${pad(range(s.summary.requestsPerSecond), 22)}${pad(range(s.summary.p50Ms), 20)}${pad(range(s.summary.p99Ms), 20)}${pad(s.summary.errors, 8)}${range(s.summary.rssMaxPerProcessMb)}`,
+      `${pad(s.name, 72)}${pad(conns, 14)}${pad(range(s.summary.requestsPerSecond), 22)}${pad(range(s.summary.p50Ms), 20)}${pad(range(s.summary.p99Ms), 20)}${pad(s.summary.errors, 8)}${pad(`${num(s.summary.serviceCpuUsPerRequest.median)} + ${num(s.summary.databaseCpuUsPerRequest.median)}`, 24)}${range(s.summary.rssMaxPerProcessMb)}`,
     );
   }
   for (const r of [...c.ratios, ...c.limits]) log(`  ${spreadLine(r, rounds)}`);

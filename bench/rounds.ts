@@ -6,7 +6,7 @@
 import os from 'node:os';
 import { runLoad, type LoadResult } from './load.js';
 import type { BenchRequest } from './requests.js';
-import { requestHeaders, sampleMemory, type Server, type TreeMemory } from './servers.js';
+import { requestHeaders, sampleMemory, treeCpuMs, type Server, type TreeMemory } from './servers.js';
 import { NOT_A_VERDICT, type BenchSettings } from './settings.js';
 
 export interface Side {
@@ -36,7 +36,8 @@ export interface DriverResult extends LoadResult {
   figures: Record<string, number>;
 }
 
-export type Metric = 'requestsPerSecond' | 'p50Ms' | 'p99Ms' | 'bytesPerRequest' | 'rssMaxPerProcessMb' | 'rssSumMb';
+export type Metric =
+  'requestsPerSecond' | 'p50Ms' | 'p99Ms' | 'bytesPerRequest' | 'rssMaxPerProcessMb' | 'rssSumMb' | 'serviceCpuUsPerRequest' | 'databaseCpuUsPerRequest' | 'cpuUsPerRequest';
 export interface Target {
   op: '>=' | '<=' | '<' | '>';
   value: number;
@@ -77,6 +78,14 @@ export interface Measurement extends LoadResult {
   rssMaxPerProcessMb: number;
   rssSumMb: number;
   processes: number;
+  /**
+   * CPU time per response during the run (from /proc, user + system): the server's process tree,
+   * PostgreSQL's (every backend and worker, when it runs on this machine; else NaN), and both.
+   * Steadier than req/s on a shared machine: other work slows a run but does not add to its CPU.
+   */
+  serviceCpuUsPerRequest: number;
+  databaseCpuUsPerRequest: number;
+  cpuUsPerRequest: number;
   /** A driver's own figures (empty for a load-generator run). */
   figures: Record<string, number>;
 }
@@ -113,7 +122,17 @@ export interface ComparisonResult {
   limits: SpreadResult[];
 }
 
-const METRICS: Metric[] = ['requestsPerSecond', 'p50Ms', 'p99Ms', 'bytesPerRequest', 'rssMaxPerProcessMb', 'rssSumMb'];
+const METRICS: Metric[] = [
+  'requestsPerSecond',
+  'p50Ms',
+  'p99Ms',
+  'bytesPerRequest',
+  'rssMaxPerProcessMb',
+  'rssSumMb',
+  'serviceCpuUsPerRequest',
+  'databaseCpuUsPerRequest',
+  'cpuUsPerRequest',
+];
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 export function median(values: number[]): number {
@@ -137,6 +156,8 @@ export function verdict(values: number[], target: Target, rounds: number): Verdi
 export interface RunContext {
   settings: BenchSettings;
   servers: Record<string, Server>;
+  /** PostgreSQL's postmaster when it runs on this machine (its tree's CPU time per request). */
+  databasePid?: number | undefined;
   log: (line: string) => void;
 }
 
@@ -148,6 +169,7 @@ async function measureOnce(side: Side, ctx: RunContext, seconds: number, round: 
   const startedAt = new Date().toISOString();
   const loadAverage = os.loadavg()[0]!;
   const memory = sampleMemory(server);
+  const cpuBefore = { service: treeCpuMs(server.pid), database: ctx.databasePid ? treeCpuMs(ctx.databasePid) : Number.NaN };
   const since = performance.now();
   const running: Promise<LoadResult & { figures?: Record<string, number> }> = side.driver
     ? side.driver(seconds, round)
@@ -165,10 +187,25 @@ async function measureOnce(side: Side, ctx: RunContext, seconds: number, round: 
       );
   const beside = warmup ? undefined : side.during?.(since, round);
   const { figures = {}, ...result } = await running;
+  const perRequest = (ms: number) => (result.requests > 0 ? (ms * 1000) / result.requests : Number.NaN);
+  const serviceCpuUsPerRequest = perRequest(treeCpuMs(server.pid) - cpuBefore.service);
+  const databaseCpuUsPerRequest = perRequest((ctx.databasePid ? treeCpuMs(ctx.databasePid) : Number.NaN) - cpuBefore.database);
   await beside;
   const peak: TreeMemory = memory();
   await side.after?.();
-  return { ...result, round, startedAt, loadAverage, rssMaxPerProcessMb: peak.maxPerProcessMb, rssSumMb: peak.sumMb, processes: peak.processes, figures };
+  return {
+    ...result,
+    round,
+    startedAt,
+    loadAverage,
+    rssMaxPerProcessMb: peak.maxPerProcessMb,
+    rssSumMb: peak.sumMb,
+    processes: peak.processes,
+    serviceCpuUsPerRequest,
+    databaseCpuUsPerRequest,
+    cpuUsPerRequest: serviceCpuUsPerRequest + databaseCpuUsPerRequest,
+    figures,
+  };
 }
 
 /**
@@ -207,7 +244,7 @@ export async function runComparison(comparison: Comparison, ctx: RunContext): Pr
       const figures = Object.entries(m.figures).map(([k, v]) => `, ${k} ${fmt(v)}`);
       ctx.log(
         `# ${comparison.name} | ${side.name} | round ${round}/${rounds}: ${fmt(m.requestsPerSecond)} req/s, p50 ${fmt(m.p50Ms)} ms, p99 ${fmt(m.p99Ms)} ms, ` +
-          `errors ${m.errors}, RSS max/process ${Math.round(m.rssMaxPerProcessMb)} MB (${m.processes} processes, sum ${Math.round(m.rssSumMb)} MB), load avg ${m.loadAverage.toFixed(1)}${figures.join('')}`,
+          `errors ${m.errors}, CPU/request ${Math.round(m.serviceCpuUsPerRequest)} µs service + ${Math.round(m.databaseCpuUsPerRequest)} µs PostgreSQL, RSS max/process ${Math.round(m.rssMaxPerProcessMb)} MB (${m.processes} processes, sum ${Math.round(m.rssSumMb)} MB), load avg ${m.loadAverage.toFixed(1)}${figures.join('')}`,
       );
     }
   }

@@ -147,6 +147,13 @@ export function scenarios(ctx: ScenarioContext): { services: ExtraService[]; com
           'requestsPerSecond',
           atLeast(0.7),
         ),
+        // Steadier on a shared machine: what the same ratio would be if the two cores did nothing else.
+        ratio(
+          'insert CPU per request (service + PostgreSQL), triggers disabled / maintained',
+          'POST /api/subscriptions (aggregate and history triggers disabled)',
+          'POST /api/subscriptions (aggregates and history maintained)',
+          'cpuUsPerRequest',
+        ),
       ],
     ),
   ];
@@ -203,6 +210,8 @@ export function scenarios(ctx: ScenarioContext): { services: ExtraService[]; com
           factor: feedPageSize,
           target: atLeast(100_000),
         },
+        { name: 'feed: service CPU ms per 1,000 events', side: feedSide.name, metric: 'serviceCpuUsPerRequest', factor: 1000 / feedPageSize / 1000 },
+        { name: 'feed: PostgreSQL CPU ms per 1,000 events', side: feedSide.name, metric: 'databaseCpuUsPerRequest', factor: 1000 / feedPageSize / 1000 },
       ],
     ),
   );
@@ -241,6 +250,7 @@ export function scenarios(ctx: ScenarioContext): { services: ExtraService[]; com
       [
         ratio('one-row GET req/s, rate limiter on / off', limited.name, oursOneRow.name, 'requestsPerSecond'),
         ratio('one-row GET p50, rate limiter on / off', limited.name, oursOneRow.name, 'p50Ms'),
+        ratio('one-row GET CPU per request (service + PostgreSQL), rate limiter on / off', limited.name, oursOneRow.name, 'cpuUsPerRequest'),
       ],
     ),
   );
@@ -265,6 +275,7 @@ export function scenarios(ctx: ScenarioContext): { services: ExtraService[]; com
       [
         ratio('one-row GET req/s, metrics on / off', oursOneRow.name, unmetered.name, 'requestsPerSecond'),
         ratio('one-row GET p50, metrics on / off', oursOneRow.name, unmetered.name, 'p50Ms'),
+        ratio('one-row GET service CPU per request, metrics on / off', oursOneRow.name, unmetered.name, 'serviceCpuUsPerRequest'),
       ],
     ),
   );

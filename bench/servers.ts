@@ -105,6 +105,48 @@ export async function startFloor(databaseUrl: string, poolSize: number): Promise
   return startProcess('floor', args, projectRoot, env, port, { poolSize, nodeFlags: '' });
 }
 
+// ---------------------------------------------------------------- CPU time from /proc
+
+/** Linux's USER_HZ (getconf CLK_TCK): /proc/<pid>/stat counts CPU time in 1/100 s. */
+const TICKS_PER_SECOND = 100;
+
+/**
+ * CPU time in ms (user + system, and that of children already reaped, so that a process that ends
+ * between two readings keeps counting, through its parent) of a process and its descendants.
+ */
+export function treeCpuMs(root: number): number {
+  let ticks = 0;
+  for (const pid of processTree(root)) {
+    try {
+      const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      // utime, stime, cutime, cstime: fields 14-17 of proc(5), 11-14 after the command name.
+      ticks += Number(fields[11]) + Number(fields[12]) + Number(fields[13]) + Number(fields[14]);
+    } catch {
+      // gone meanwhile: its time is in its parent's cutime/cstime once reaped
+    }
+  }
+  return (ticks * 1000) / TICKS_PER_SECOND;
+}
+
+/**
+ * The postmaster of a PostgreSQL server on this machine (the parent of this connection's backend),
+ * whose tree is every backend and worker; undefined when the server is not local (its backend's pid
+ * is not a postgres process here).
+ */
+export function localPostmaster(backendPid: number): number | undefined {
+  const parent = (pid: number) => {
+    try {
+      const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+      return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
+    } catch {
+      return undefined;
+    }
+  };
+  const postmaster = parent(backendPid);
+  return postmaster && processName(backendPid) === 'postgres' && processName(postmaster) === 'postgres' ? postmaster : undefined;
+}
+
 // ---------------------------------------------------------------- resident memory from /proc
 
 /** The process and all its descendants (a cluster primary and its workers). */
