@@ -218,17 +218,30 @@ export function scenarios(ctx: ScenarioContext): { services: ExtraService[]; com
 
   // Issue 12, webhook delivery: one endpoint on a receiver in this process, subscription.created
   // produced at a steady rate; commit-to-receipt latency, and every event received once, signed.
+  const webhookRunOf = (deliver: boolean) => (seconds: number) =>
+    webhookRun({
+      serverUrl: ctx.servers.ours!.url,
+      rate: settings.webhookRate,
+      seconds,
+      drainSeconds: settings.webhookDrainSeconds,
+      body: () => render(newSubscription.body!),
+      deliver,
+    });
   const webhookSide = ours(`webhook delivery: POST /api/subscriptions at ${settings.webhookRate}/s, one receiver on 127.0.0.1`, [newSubscription], {
     connections: 1,
-    driver: (seconds) =>
-      webhookRun({ serverUrl: ctx.servers.ours!.url, rate: settings.webhookRate, seconds, drainSeconds: settings.webhookDrainSeconds, body: () => render(newSubscription.body!) }),
+    driver: webhookRunOf(true),
   });
+  // The same POSTs at the same rate with no endpoint: what a delivery costs is the difference in CPU per request.
+  const undeliveredSide = ours(`the same POSTs at ${settings.webhookRate}/s, no webhook endpoint`, [newSubscription], { connections: 1, driver: webhookRunOf(false) });
   const figure = (name: string, key: string, target?: Target): LimitSpec => ({ name, side: webhookSide.name, metric: { figure: key }, ...(target ? { target } : {}) });
   list.push(
     compare(
       'webhooks',
-      [webhookSide],
-      [],
+      [webhookSide, undeliveredSide],
+      [
+        ratio('CPU per POST (service + PostgreSQL), with its webhook delivery / without', webhookSide.name, undeliveredSide.name, 'cpuUsPerRequest'),
+        ratio('PostgreSQL CPU per POST, with its webhook delivery / without', webhookSide.name, undeliveredSide.name, 'databaseCpuUsPerRequest'),
+      ],
       [
         figure('webhook delivery p50, occurred_at to receipt (ms)', 'deliveryP50Ms', under(200)),
         figure('webhook delivery p99, occurred_at to receipt (ms)', 'deliveryP99Ms'),

@@ -11,6 +11,7 @@ import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { Webhook } from 'standardwebhooks';
 import { median } from './rounds.js';
+import type { LoadResult } from './load.js';
 import type { DriverResult } from './rounds.js';
 import { requestHeaders } from './servers.js';
 
@@ -60,13 +61,79 @@ export interface WebhookRunOptions {
   drainSeconds: number;
   /** The body of one POST /api/subscriptions. */
   body: () => string;
+  /** Register an endpoint and receive (else the same POSTs with no endpoint, for the CPU they cost alone). */
+  deliver: boolean;
 }
 
+type Api = (method: string, p: string, body?: unknown) => Promise<Response>;
+
+interface Answer {
+  ok: boolean;
+  status: number;
+  ms: number;
+  /** Wall-clock time when the whole answer was in. */
+  answeredAt: number;
+  /** The subscription created. */
+  id?: string;
+  bytes: number;
+}
+
+/** One POST every 1000/rate ms for the run's seconds, each awaited on its own (a slow answer does not delay the next). */
+async function produce(options: WebhookRunOptions, api: Api): Promise<{ done: Answer[]; load: LoadResult }> {
+  const { rate, seconds } = options;
+  const total = Math.max(1, Math.round(rate * seconds));
+  const answers: Array<Promise<Answer>> = [];
+  const started = performance.now();
+  for (let i = 0; i < total; i++) {
+    await sleep(Math.max(0, started + (i * 1000) / rate - performance.now()));
+    const sent = performance.now();
+    answers.push(
+      api('POST', '/api/subscriptions', options.body()).then(
+        async (r) => {
+          const text = await r.text();
+          const answeredAt = wallNow();
+          const id = r.status === 201 ? String((JSON.parse(text) as { id: number }).id) : undefined;
+          return { ok: r.status === 201, status: r.status, ms: performance.now() - sent, answeredAt, ...(id ? { id } : {}), bytes: text.length };
+        },
+        () => ({ ok: false, status: 0, ms: performance.now() - sent, answeredAt: wallNow(), bytes: 0 }),
+      ),
+    );
+  }
+  const done = await Promise.all(answers);
+  const producedSeconds = (performance.now() - started) / 1000;
+  const latencies = done.map((d) => d.ms).sort((a, b) => a - b);
+  return {
+    done,
+    load: {
+      requests: done.length,
+      seconds: producedSeconds,
+      requestsPerSecond: done.length / producedSeconds,
+      p50Ms: median(latencies),
+      p99Ms: percentile(latencies, 99),
+      meanMs: latencies.reduce((a, b) => a + b, 0) / latencies.length,
+      maxMs: latencies.at(-1) ?? 0,
+      errors: done.filter((d) => !d.ok).length,
+      errorDetail: { status: done.filter((d) => d.status !== 0 && !d.ok).length, connect: done.filter((d) => d.status === 0).length },
+      bytesPerRequest: done.reduce((n, d) => n + d.bytes, 0) / done.length,
+    },
+  };
+}
+
+/**
+ * One run: with `deliver`, an endpoint and its receiver, the POSTs, every delivery awaited and
+ * checked; without, the same POSTs at the same rate and nothing registered (what the deliveries
+ * cost is the difference in CPU per request between the two).
+ */
 export async function webhookRun(options: WebhookRunOptions): Promise<DriverResult> {
   const { serverUrl } = options;
-  const receiver = await startReceiver();
-  const api = (method: string, p: string, body?: unknown) =>
+  const api: Api = (method, p, body) =>
     fetch(`${serverUrl}${p}`, { method, headers: requestHeaders, ...(body === undefined ? {} : { body: typeof body === 'string' ? body : JSON.stringify(body) }) });
+  if (!options.deliver) {
+    const { done, load } = await produce(options, api);
+    await sleep(300); // as the delivering side waits for a duplicate
+    return { ...load, figures: { events: done.filter((d) => d.ok).length } };
+  }
+  const receiver = await startReceiver();
   const registered = await api('POST', '/api/webhook-endpoints', {
     url: `${receiver.url}/bench`,
     event_types: ['subscription.created'],
@@ -87,34 +154,9 @@ export async function webhookRun(options: WebhookRunOptions): Promise<DriverResu
   }
 }
 
-async function measure(
-  options: WebhookRunOptions,
-  secret: string,
-  receiver: { receipts: Receipt[] },
-  api: (method: string, p: string, body?: unknown) => Promise<Response>,
-): Promise<DriverResult> {
-  const { rate, seconds, drainSeconds } = options;
-  // The producer: one POST every 1000/rate ms, each awaited on its own (a slow answer does not delay the next).
-  const total = Math.max(1, Math.round(rate * seconds));
-  const answers: Array<Promise<{ ok: boolean; status: number; ms: number; answeredAt: number; id?: string; bytes: number }>> = [];
-  const started = performance.now();
-  for (let i = 0; i < total; i++) {
-    await sleep(Math.max(0, started + (i * 1000) / rate - performance.now()));
-    const sent = performance.now();
-    answers.push(
-      api('POST', '/api/subscriptions', options.body()).then(
-        async (r) => {
-          const text = await r.text();
-          const answeredAt = wallNow();
-          const id = r.status === 201 ? String((JSON.parse(text) as { id: number }).id) : undefined;
-          return { ok: r.status === 201, status: r.status, ms: performance.now() - sent, answeredAt, ...(id ? { id } : {}), bytes: text.length };
-        },
-        () => ({ ok: false, status: 0, ms: performance.now() - sent, answeredAt: wallNow(), bytes: 0 }),
-      ),
-    );
-  }
-  const done = await Promise.all(answers);
-  const producedSeconds = (performance.now() - started) / 1000;
+async function measure(options: WebhookRunOptions, secret: string, receiver: { receipts: Receipt[] }, api: Api): Promise<DriverResult> {
+  const { drainSeconds } = options;
+  const { done, load } = await produce(options, api);
   const created = new Map(done.filter((d) => d.id !== undefined).map((d) => [d.id!, d]));
 
   // Deliveries still on their way: until every created subscription's event is in, or the drain time is up.
@@ -150,19 +192,8 @@ async function measure(
   }
   fromCommit.sort((a, b) => a - b);
   fromAnswer.sort((a, b) => a - b);
-  const latencies = done.map((d) => d.ms).sort((a, b) => a - b);
-  const errors = done.filter((d) => !d.ok).length;
   return {
-    requests: done.length,
-    seconds: producedSeconds,
-    requestsPerSecond: done.length / producedSeconds,
-    p50Ms: median(latencies),
-    p99Ms: percentile(latencies, 99),
-    meanMs: latencies.reduce((a, b) => a + b, 0) / latencies.length,
-    maxMs: latencies.at(-1) ?? 0,
-    errors,
-    errorDetail: { status: done.filter((d) => d.status !== 0 && !d.ok).length, connect: done.filter((d) => d.status === 0).length },
-    bytesPerRequest: done.reduce((n, d) => n + d.bytes, 0) / done.length,
+    ...load,
     figures: {
       events: created.size,
       deliveryP50Ms: median(fromCommit),
