@@ -1,10 +1,10 @@
-import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
+import { hash, randomBytes, timingSafeEqual } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { ApiError } from './problem.js';
 import type { AppMiddleware } from './state.js';
 
-const digest = (key: string) => createHash('sha256').update(key, 'utf8').digest();
+const digest = (key: string) => hash('sha256', key, 'buffer') as unknown as Buffer;
 const nameOf = (keyDigest: Buffer) => keyDigest.toString('hex').slice(0, 16);
 
 /**

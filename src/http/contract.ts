@@ -30,6 +30,8 @@ export interface ContractOperation {
   security: string[][];
   /** openapi-backend's operation object: its validators were compiled for it at start-up. */
   operation: Operation;
+  /** Validates a request of this operation (400 problem naming each field), returns coerced values. */
+  validate: (ctx: AppContext) => ValidRequest;
 }
 
 /** What the validator made of a request: path and query values coerced to their schema types. */
@@ -73,18 +75,64 @@ export class Contract {
       hasBody: operation.requestBody !== undefined,
       security: (operation.security ?? []).map((requirement) => Object.keys(requirement)),
       operation,
+      validate: requestValidator(api, operation),
     }));
     return new Contract(api, operations);
   }
+}
 
-  /** Validates the request against its operation (400 problem naming each field), returns coerced values. */
-  validate(ctx: AppContext, operation: Operation): ValidRequest {
-    const result = this.api.validator.validateRequest(
+/** What openapi-backend's validateRequest does per request, of which only the compiled validators depend on the request. */
+function fullValidation(api: OpenAPIBackend, operation: Operation): (ctx: AppContext) => ValidRequest {
+  return (ctx) => {
+    const result = api.validator.validateRequest(
       { method: ctx.method, path: ctx.path, query: ctx.querystring, headers: ctx.headers as Record<string, string>, body: ctx.request.body },
       operation,
     );
     if (result.errors) throw validationProblem(result.errors as ErrorObject[]);
     const coerced = result.coerced as { params?: Record<string, unknown>; query?: Record<string, unknown> };
     return { path: coerced.params ?? {}, query: coerced.query ?? {} };
-  }
+  };
+}
+
+type Parameter = { in?: string; name?: string; explode?: boolean; content?: unknown; schema?: { type?: unknown } };
+
+/**
+ * The operation's request validator. openapi-backend's validateRequest(req, operation) spends most
+ * of its ~8 µs re-deriving, per request, what depends only on the operation (the path template's
+ * regular expression, which query parameters are arrays) and parsing what Koa already parsed
+ * (path parameters, lower-cased headers, cookies). For operations whose parameters are plain (no
+ * cookies, no JSON-encoded or non-exploded query parameters: every operation of our spec today),
+ * this builds the same input once-derived and runs the same validators openapi-backend compiled
+ * for the operation at start-up (0.1 µs); the query string is parsed by openapi-backend's own
+ * parser. Any other operation keeps the full validateRequest.
+ */
+function requestValidator(api: OpenAPIBackend, operation: Operation): (ctx: AppContext) => ValidRequest {
+  const parameters = (operation.parameters ?? []) as Parameter[];
+  const special = parameters.some((p) => p.in === 'cookie' || p.content !== undefined || (p.in === 'query' && p.explode === false));
+  if (special) return fullValidation(api, operation);
+  const validators = api.validator.getRequestValidatorsForOperation(operation.operationId!) ?? [];
+  // A lone value of an array-typed query parameter becomes a one-item array, as validateRequest does.
+  const arrayQuery = new Set(parameters.filter((p) => p.in === 'query' && p.schema?.type === 'array').map((p) => p.name!));
+  return (ctx) => {
+    const query =
+      ctx.querystring === '' ? {} : (api.router.parseRequestQuery({ method: ctx.method, path: ctx.path, query: ctx.querystring, headers: {} }) as Record<string, unknown>);
+    for (const name of arrayQuery) if (typeof query[name] === 'string') query[name] = [query[name]];
+    const input: Record<string, unknown> = {
+      // Decoded by @koa/router as bath (openapi-backend's path parser) decodes them; copies, since the validators coerce in place.
+      path: { ...(ctx.params as Record<string, string>) },
+      query,
+      header: { ...ctx.headers },
+      cookie: {},
+    };
+    const body: unknown = ctx.request.body;
+    if (body !== undefined && typeof body !== 'object') return fullValidation(api, operation)(ctx);
+    if (typeof body === 'object' || ctx.request.type === 'application/json') input.requestBody = body;
+    const errors: ErrorObject[] = [];
+    for (const validate of validators) {
+      validate(input);
+      if (validate.errors) errors.push(...(validate.errors as ErrorObject[]));
+    }
+    if (errors.length) throw validationProblem(errors);
+    return { path: input.path as Record<string, unknown>, query };
+  };
 }

@@ -64,7 +64,7 @@ export function routeOperations(router: Router<RequestState>, contract: Contract
     const stages: AppMiddleware[] = [requireSecurity(op)];
     if (op.method === 'POST' || op.method === 'PUT' || op.method === 'PATCH') stages.push(requireJsonBody, parseBody);
     const run = (ctx: AppContext, db: Kysely<Database>) => {
-      const { path, query } = contract.validate(ctx, op.operation);
+      const { path, query } = op.validate(ctx);
       return handler({ path, query, body: ctx.request.body, ctx, db } as OperationInput<OperationId>);
     };
     stages.push(op.method === 'POST' ? (ctx) => options.idempotency.run(ctx, (db) => run(ctx, db)) : (ctx) => run(ctx, options.db));

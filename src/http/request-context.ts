@@ -3,9 +3,24 @@ import type { Logger } from 'pino';
 import { isApiPath } from './auth.js';
 import { toApiError } from './pg-errors.js';
 import { ApiError } from './problem.js';
-import type { AppMiddleware } from './state.js';
+import type { AppMiddleware, RequestState } from './state.js';
 
 const SANE_REQUEST_ID = /^[\w.:-]{1,100}$/;
+
+/** ctx.state: the request's own logger is made only when something logs through it (most requests log one line, through the service's). */
+class RequestStateOf implements RequestState {
+  client?: string;
+  private requestLog: Logger | undefined;
+
+  constructor(
+    readonly requestId: string,
+    private readonly serviceLog: Logger,
+  ) {}
+
+  get log(): Logger {
+    return (this.requestLog ??= this.serviceLog.child({ requestId: this.requestId }));
+  }
+}
 
 /**
  * The first middleware: gives the request its id and logger, sets the headers every answer has,
@@ -16,10 +31,7 @@ export function requestContext(log: Logger): AppMiddleware {
   return async (ctx, next) => {
     const incoming = ctx.get('X-Request-Id');
     const requestId = SANE_REQUEST_ID.test(incoming) ? incoming : randomUUID();
-    ctx.state.requestId = requestId;
-    // The request's own logger is made only when something logs through it (most requests log one line).
-    let requestLog: Logger | undefined;
-    Object.defineProperty(ctx.state, 'log', { get: () => (requestLog ??= log.child({ requestId })), enumerable: true });
+    ctx.state = new RequestStateOf(requestId, log);
     ctx.set('X-Request-Id', requestId);
     ctx.set('X-Content-Type-Options', 'nosniff');
     if (isApiPath(ctx.path)) ctx.set('Cache-Control', 'no-store');

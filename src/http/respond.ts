@@ -1,9 +1,10 @@
-import { createHash } from 'node:crypto';
+import { hash } from 'node:crypto';
 import { StaleVersionError } from '../errors.js';
 import type { CursorCodec, CursorValue } from './cursor.js';
 import type { AppContext } from './state.js';
 
-const etagOfJson = (json: string) => `"${createHash('sha256').update(json).digest('base64url').slice(0, 27)}"`;
+// crypto.hash: the one-shot digest, without a Hash object per response.
+const etagOfJson = (json: string) => `"${hash('sha256', json, 'base64url').slice(0, 27)}"`;
 
 /** A strong ETag: a hash of the representation, so it changes exactly when the object does. */
 export function etagOf(representation: unknown): string {
