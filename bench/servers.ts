@@ -6,7 +6,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import { projectRoot } from '../src/config.js';
+import { loadConfig, projectRoot } from '../src/config.js';
 import { freePort } from '../src/free-port.js';
 
 export const API_KEY = 'bench-key';
@@ -39,7 +39,13 @@ export interface ServiceOptions {
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 async function startProcess(name: string, args: string[], cwd: string, env: NodeJS.ProcessEnv, port: number, description: Record<string, unknown>): Promise<Server> {
-  const child: ChildProcess = spawn(process.execPath, args, { cwd, env, stdio: ['ignore', 'inherit', 'inherit'] });
+  // Its log (one line per request at the service's default level, as make run logs) goes to a file of its
+  // own, kept until the next run; errors before it listens also reach the bench's stderr.
+  const logDir = path.join(loadConfig().dataDir, 'bench-logs');
+  fs.mkdirSync(logDir, { recursive: true });
+  const log = fs.openSync(path.join(logDir, `${name.replace(/[^\w.-]+/g, '_')}.log`), 'w');
+  const child: ChildProcess = spawn(process.execPath, args, { cwd, env, stdio: ['ignore', log, 'inherit'] });
+  fs.closeSync(log);
   const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
   const url = `http://127.0.0.1:${port}`;
   const stop = async () => {
@@ -74,7 +80,6 @@ export async function startService(options: ServiceOptions): Promise<Server> {
     PORT: String(port),
     HOST: '127.0.0.1',
     API_KEYS: API_KEY,
-    LOG_LEVEL: 'warn',
     STATEMENT_TIMEOUT_MS: String(options.statementTimeoutMs),
     PG_POOL_SIZE: String(options.poolSize),
     // One API key sends every request: a per-key limit would answer 429 within a second.
