@@ -4,7 +4,7 @@
  */
 import test from 'ava';
 import type pg from 'pg';
-import { eventPageQuery } from '../src/resources/events.js';
+import { eventPageQuery, eventPageTextQuery } from '../src/resources/events.js';
 import { useTestApp } from './support/app.js';
 import { eventPage, feedCaughtUp, readFeed, type Event } from './support/events.js';
 
@@ -109,49 +109,51 @@ test.serial('many writers committing out of order, some rolling back: a reader f
     const client = await app.database.pool.connect();
     try {
       for (let round = 0; round < 8; round++) {
-        await client.query('BEGIN');
-        const statements = 1 + random(4);
-        for (let s = 0; s < statements; s++) {
-          const kind = random(4);
-          if (kind === 0) {
-            await client.query(`INSERT INTO users (name, email) VALUES ($1, $2)`, [`Writer ${w}`, email()]);
-          } else if (kind === 1) {
-            const {
-              rows: [user],
-            } = await client.query<{ id: number }>(`INSERT INTO users (name, email) VALUES ($1, $2) RETURNING id`, [`Owner ${w}`, email()]);
-            const {
-              rows: [subscription],
-            } = await client.query<{ id: number }>(`INSERT INTO subscriptions (user_id, status, plan_cost, start_date) VALUES ($1, 'active', $2, '2026-03-01') RETURNING id`, [
-              user!.id,
-              `${1 + random(99)}.99`,
-            ]);
-            await client.query(`INSERT INTO subscription_features (subscription_id, feature_id) VALUES ($1, $2)`, [subscription!.id, features[random(3)]!.id]);
-          } else if (kind === 2) {
-            await client.query(`UPDATE subscriptions SET status = 'past_due' WHERE id = (SELECT max(id) FROM subscriptions WHERE status = 'active')`);
-          } else {
-            // A cascade: a user, its subscriptions and their links.
-            await client.query(`DELETE FROM users WHERE id = (SELECT min(id) FROM users WHERE name LIKE 'Owner %' AND id % 3 = $1)`, [w % 3]);
+        try {
+          await client.query('BEGIN');
+          const statements = 1 + random(4);
+          for (let s = 0; s < statements; s++) {
+            const kind = random(4);
+            if (kind === 0) {
+              await client.query(`INSERT INTO users (name, email) VALUES ($1, $2)`, [`Writer ${w}`, email()]);
+            } else if (kind === 1) {
+              const {
+                rows: [user],
+              } = await client.query<{ id: number }>(`INSERT INTO users (name, email) VALUES ($1, $2) RETURNING id`, [`Owner ${w}`, email()]);
+              const {
+                rows: [subscription],
+              } = await client.query<{ id: number }>(`INSERT INTO subscriptions (user_id, status, plan_cost, start_date) VALUES ($1, 'active', $2, '2026-03-01') RETURNING id`, [
+                user!.id,
+                `${1 + random(99)}.99`,
+              ]);
+              await client.query(`INSERT INTO subscription_features (subscription_id, feature_id) VALUES ($1, $2)`, [subscription!.id, features[random(3)]!.id]);
+            } else if (kind === 2) {
+              await client.query(`UPDATE subscriptions SET status = 'past_due' WHERE id = (SELECT max(id) FROM subscriptions WHERE status = 'active')`);
+            } else {
+              // A cascade: a user, its subscriptions and their links.
+              await client.query(`DELETE FROM users WHERE id = (SELECT min(id) FROM users WHERE name LIKE 'Owner %' AND id % 3 = $1)`, [w % 3]);
+            }
+            await sleep(random(40));
           }
-          await sleep(random(40));
-        }
-        const own = await ownEvents(client);
-        const {
-          rows: [x],
-        } = await client.query<{ xid: string }>('SELECT pg_current_xact_id()::text AS xid');
-        if (random(4) === 0) {
-          await client.query('ROLLBACK');
-          own.forEach((id) => rolledBack.add(id));
-        } else {
-          await client.query('COMMIT');
-          own.forEach((id) => committed.add(id));
-          commitOrder.push(x!.xid);
+          const own = await ownEvents(client);
+          const {
+            rows: [x],
+          } = await client.query<{ xid: string }>('SELECT pg_current_xact_id()::text AS xid');
+          if (random(4) === 0) {
+            await client.query('ROLLBACK');
+            own.forEach((id) => rolledBack.add(id));
+          } else {
+            await client.query('COMMIT');
+            own.forEach((id) => committed.add(id));
+            commitOrder.push(x!.xid);
+          }
+        } catch (err) {
+          await client.query('ROLLBACK').catch(() => {});
+          // Writers collide (a deadlock or a row deleted under an update): a rolled-back transaction,
+          // which is part of what the feed must cope with; the writer goes on with its next one.
+          if (!/deadlock|could not serialize/.test(String(err))) throw err;
         }
       }
-    } catch (err) {
-      await client.query('ROLLBACK').catch(() => {});
-      // Writers collide (a deadlock or a row deleted under an update): a rolled-back transaction,
-      // which is part of what the feed must cope with.
-      if (!/deadlock|could not serialize/.test(String(err))) throw err;
     } finally {
       client.release();
     }
@@ -411,6 +413,74 @@ test('every page query is one index range scan in feed order, filtered or not', 
       const scan = plan.slice(plan.indexOf('"Node Type":"Limit"'));
       t.false(scan.includes('"Node Type":"Sort"'), `${JSON.stringify(query)}: no sort under the limit`);
       t.regex(plan, /ROW\(.*xid, .*id\) > ROW\(/, 'the cursor is an index condition');
+    }
+  } finally {
+    await client.query('ROLLBACK');
+    client.release();
+  }
+});
+
+test('timestamps in events are written as toISOString writes them, whatever the session TimeZone and DateStyle', async (t) => {
+  // Instants across years 1 to 9999, to the microsecond: whole seconds, whole milliseconds and any microsecond.
+  const MIN = -62135596800000; // 0001-01-01T00:00:00.000Z, in milliseconds
+  const MAX = 253402300799999; // 9999-12-31T23:59:59.999Z
+  const instants: { ms: number; micro: number }[] = [
+    { ms: MIN, micro: 0 },
+    { ms: MAX, micro: 999 },
+    { ms: 0, micro: 0 },
+    { ms: -1, micro: 999 },
+  ];
+  let x = 0x2545f4914f6cdd1dn;
+  const next = () => {
+    x = (x * 6364136223846793005n + 1442695040888963407n) & 0xffffffffffffffffn;
+    return Number(x >> 11n) / 2 ** 53;
+  };
+  for (let i = 0; i < 3000; i++) {
+    let ms = MIN + Math.floor(next() * (MAX - MIN));
+    if (i % 3 === 1) ms -= ((ms % 1000) + 1000) % 1000; // a whole second
+    instants.push({ ms, micro: i % 3 === 0 ? Math.floor(next() * 1000) : 0 });
+  }
+  // What PostgreSQL reads: the ISO text with the microseconds' last three digits appended.
+  const texts = instants.map(({ ms, micro }) => new Date(ms).toISOString().replace('Z', `${String(micro).padStart(3, '0')}Z`));
+  const client = await app.database.pool.connect();
+  try {
+    await client.query(`SET TimeZone = 'America/St_Johns'; SET DateStyle = 'SQL, DMY'`);
+    const { rows } = await client.query<{ text: string }>(`SELECT history_json_time(t) AS text FROM unnest($1::timestamptz[]) WITH ORDINALITY AS u(t, n) ORDER BY n`, [texts]);
+    t.deepEqual(
+      rows.map((r) => r.text),
+      instants.map(({ ms }) => JSON.stringify(new Date(ms).toISOString())),
+    );
+    const { rows: special } = await client.query<{ text: string }>(`SELECT history_json_time(t) AS text FROM unnest('{NULL,infinity,-infinity}'::timestamptz[]) AS t`);
+    t.deepEqual(
+      special.map((r) => r.text),
+      ['null', 'null', 'null'],
+    );
+  } finally {
+    await client.query('RESET TimeZone; RESET DateStyle').catch(() => {});
+    client.release();
+  }
+});
+
+test('the unfiltered feed (history_feed_page) answers the same pages as the page query of the filtered feeds', async (t) => {
+  await createUser();
+  await createUser();
+  await feedCaughtUp(app);
+  // One snapshot for both reads (other tests write meanwhile): the same horizon, the same events.
+  const client = await app.database.pool.connect();
+  try {
+    await client.query('BEGIN ISOLATION LEVEL REPEATABLE READ');
+    let after: { xid: string; id: number } | undefined;
+    for (let pages = 0; pages < 1000; pages++) {
+      const compiled = eventPageTextQuery(app.database.db, {}, after, 3).compile();
+      const {
+        rows: [expected],
+      } = await client.query(compiled.sql, compiled.parameters as unknown[]);
+      const {
+        rows: [actual],
+      } = await client.query(`SELECT horizon, fetched AS found, data, last_xid, last_id FROM history_feed_page($1, $2, 3)`, [after?.xid ?? '0', after?.id ?? 0]);
+      t.deepEqual(actual, expected);
+      if (!actual.last_xid || Number(actual.found) <= 3) break;
+      after = { xid: actual.last_xid, id: Number(actual.last_id) };
     }
   } finally {
     await client.query('ROLLBACK');

@@ -124,6 +124,18 @@ export function eventPageQuery(db: Kysely<Database>, query: ListQuery, after: Fe
   return page;
 }
 
+/** A page as one row, for GET /events (eventPageTextQuery, or history_feed_page for the unfiltered feed). */
+interface PageText {
+  horizon: string;
+  /** How many events the page query read: limit + 1 means there are more. */
+  found: number;
+  /** The shown events' JSON texts, joined with commas; NULL for none. */
+  data: string | null;
+  /** The position of the last event shown. */
+  last_xid: string | null;
+  last_id: number | null;
+}
+
 /**
  * The same page as one row, for GET /events: the events' JSON texts joined by PostgreSQL (`data`,
  * NULL for none), how many events the page query found (limit + 1 means there are more) and the
@@ -164,6 +176,18 @@ function sendEventPage(ctx: Koa.Context, cursors: Deps['cursors'], sort: string,
   ctx.type = 'application/json';
 }
 
+/**
+ * A page of the unfiltered feed (the hot one: followers, webhook-free consumers): the same page as
+ * eventPageTextQuery's, from history_feed_page (migration 0012), whose statement PostgreSQL plans
+ * once per connection. As a prepared statement it was planned again for every page (custom plans,
+ * about 0.7 ms each); docs/events.md has the figures.
+ */
+const feedPage = preparedQuery((db) =>
+  db
+    .selectFrom(sql<Omit<PageText, 'found'> & { fetched: number }>`history_feed_page(${START.xid}::xid8, ${START.id}::bigint, ${DEFAULT_LIMIT}::integer)`.as('p'))
+    .select(['p.horizon', 'p.fetched as found', 'p.data', 'p.last_xid', 'p.last_id']),
+);
+
 /** One event by id, prepared on each connection (see listEvents). */
 const eventById = preparedQuery((db) => db.selectFrom('events').select(eventColumns).where('events.id', '=', 0));
 
@@ -181,9 +205,14 @@ export function eventHandlers({ db, cursors }: Deps) {
         }
         after = { xid, id };
       }
-      const compiled = eventPageTextQuery(db, query, after, limit).compile();
-      prepareOnEachConnection(compiled.sql); // as eventPageQuery's
-      const [page] = (await db.executeQuery(compiled)).rows;
+      let page: PageText | undefined;
+      if (sort === 'events') {
+        [page] = await feedPage(db, [(after ?? START).xid, (after ?? START).id, limit]);
+      } else {
+        const compiled = eventPageTextQuery(db, query, after, limit).compile();
+        prepareOnEachConnection(compiled.sql); // as eventPageQuery's
+        [page] = (await db.executeQuery(compiled)).rows;
+      }
       const hasMore = page!.found > limit;
       const last = page!.last_xid !== null && page!.last_id !== null ? { xid: page!.last_xid, id: page!.last_id } : undefined;
       let next: FeedPosition;
