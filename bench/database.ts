@@ -47,7 +47,11 @@ export async function openBenchDatabase(settings: BenchSettings): Promise<BenchD
   const config = loadConfig();
   const embedded = config.databaseUrl
     ? undefined
-    : await startEmbeddedPostgres({ dataDir: path.join(config.dataDir, 'bench-pg16'), port: await freePort(), settings: embeddedSettings });
+    : await startEmbeddedPostgres({
+        dataDir: path.join(config.dataDir, 'bench-pg16'),
+        port: await freePort(),
+        settings: settings.statements ? { ...embeddedSettings, shared_preload_libraries: 'pg_stat_statements' } : embeddedSettings,
+      });
   const serverUrl = embedded ? embedded.adminUrl : Object.assign(new URL(config.databaseUrl!), { pathname: '' }).toString().replace(/\/$/, '');
   const name = `bench_${settings.size}`;
   try {
@@ -68,6 +72,7 @@ export async function openBenchDatabase(settings: BenchSettings): Promise<BenchD
     try {
       bench.postgresVersion = await assertPostgres16(handle.pool);
       await migrateToLatest(handle.db);
+      if (settings.statements) await handle.pool.query('CREATE EXTENSION IF NOT EXISTS pg_stat_statements');
     } catch (err) {
       await bench.stop();
       throw err;
@@ -136,3 +141,28 @@ export async function copyForOlderCheckout(bench: BenchDatabase, knownMigrations
   }
   return `${bench.serverUrl}/${copy}`;
 }
+
+export interface StatementFigures {
+  calls: number;
+  totalMs: number;
+  meanMs: number;
+  rows: number;
+  query: string;
+}
+
+/**
+ * pg_stat_statements around one timed run (BENCH_STATEMENTS=1): reset before, the top statements
+ * by total execution time after, over every database of the server (the services', the bench's).
+ */
+export const statementProbe = (pool: pg.Pool, top = 8) => ({
+  reset: async () => void (await pool.query('SELECT pg_stat_statements_reset()')),
+  read: async (): Promise<StatementFigures[]> =>
+    (
+      await pool.query<StatementFigures>(
+        `SELECT calls::float8 AS calls, round(total_exec_time::numeric, 1)::float8 AS "totalMs", round(mean_exec_time::numeric, 3)::float8 AS "meanMs",
+                rows::float8 AS rows, left(regexp_replace(query, '\\s+', ' ', 'g'), 400) AS query
+           FROM pg_stat_statements WHERE query NOT LIKE '%pg_stat_statements%' ORDER BY total_exec_time DESC LIMIT $1`,
+        [top],
+      )
+    ).rows,
+});

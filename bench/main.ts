@@ -12,7 +12,7 @@ import { projectRoot } from '../src/config.js';
 import { CursorCodec } from '../src/http/cursor.js';
 import { maintenanceTriggerSwitch, reconcileHistory } from './analytics.js';
 import { checkoutCommit, prepareBaseline, type BaselineCheckout } from './baseline.js';
-import { appliedMigrations, copyForOlderCheckout, openBenchDatabase, seedBenchDatabase } from './database.js';
+import { appliedMigrations, copyForOlderCheckout, openBenchDatabase, seedBenchDatabase, statementProbe } from './database.js';
 import { daysAgo, explainListVariants } from './explain.js';
 import { num, previousAnalyticsP50, printComparison, printExplain, spreadLine, writeResults } from './report.js';
 import { runComparison, verdict, warmUpServers, type ComparisonResult } from './rounds.js';
@@ -116,9 +116,10 @@ try {
     log(`# ${name} ready on ${s.url}: ${idle[name]!.processes} process(es), RSS ${Math.round(idle[name]!.sumMb)} MB; ${JSON.stringify(s.description)}`);
   }
 
+  const statements = settings.statements ? statementProbe(database.pool) : undefined;
   await warmUpServers(comparisons, { settings, servers, databasePid, log });
   const results: ComparisonResult[] = [];
-  for (const comparison of comparisons) results.push(await runComparison(comparison, { settings, servers, databasePid, log }));
+  for (const comparison of comparisons) results.push(await runComparison(comparison, { settings, servers, databasePid, statements, log }));
 
   // Analytics must still equal the plain answer after the writes of the load (let the last writes land).
   await new Promise((r) => setTimeout(r, 2_000));

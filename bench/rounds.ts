@@ -88,6 +88,8 @@ export interface Measurement extends LoadResult {
   cpuUsPerRequest: number;
   /** A driver's own figures (empty for a load-generator run). */
   figures: Record<string, number>;
+  /** The top statements of pg_stat_statements during the run (BENCH_STATEMENTS=1; timed runs only). */
+  statements?: unknown[];
 }
 export interface Spread {
   median: number;
@@ -158,6 +160,8 @@ export interface RunContext {
   servers: Record<string, Server>;
   /** PostgreSQL's postmaster when it runs on this machine (its tree's CPU time per request). */
   databasePid?: number | undefined;
+  /** pg_stat_statements around each timed run (BENCH_STATEMENTS=1). */
+  statements?: { reset(): Promise<void>; read(): Promise<unknown[]> } | undefined;
   log: (line: string) => void;
 }
 
@@ -169,6 +173,7 @@ async function measureOnce(side: Side, ctx: RunContext, seconds: number, round: 
   const startedAt = new Date().toISOString();
   const loadAverage = os.loadavg()[0]!;
   const memory = sampleMemory(server);
+  if (!warmup) await ctx.statements?.reset();
   const cpuBefore = { service: treeCpuMs(server.pid), database: ctx.databasePid ? treeCpuMs(ctx.databasePid) : Number.NaN };
   const since = performance.now();
   const running: Promise<LoadResult & { figures?: Record<string, number> }> = side.driver
@@ -190,6 +195,7 @@ async function measureOnce(side: Side, ctx: RunContext, seconds: number, round: 
   const perRequest = (ms: number) => (result.requests > 0 ? (ms * 1000) / result.requests : Number.NaN);
   const serviceCpuUsPerRequest = perRequest(treeCpuMs(server.pid) - cpuBefore.service);
   const databaseCpuUsPerRequest = perRequest((ctx.databasePid ? treeCpuMs(ctx.databasePid) : Number.NaN) - cpuBefore.database);
+  const statements = warmup ? undefined : await ctx.statements?.read();
   await beside;
   const peak: TreeMemory = memory();
   await side.after?.();
@@ -205,6 +211,7 @@ async function measureOnce(side: Side, ctx: RunContext, seconds: number, round: 
     databaseCpuUsPerRequest,
     cpuUsPerRequest: serviceCpuUsPerRequest + databaseCpuUsPerRequest,
     figures,
+    ...(statements ? { statements } : {}),
   };
 }
 

@@ -29,6 +29,8 @@ export interface BenchSettings {
   /** Webhook comparison: POSTs per second, and how long to wait for deliveries after the last answer. */
   webhookRate: number;
   webhookDrainSeconds: number;
+  /** BENCH_STATEMENTS=1: pg_stat_statements in the bench's PostgreSQL, its top statements kept per timed run. */
+  statements: boolean;
   loadGenerator: LoadGeneratorName;
   wrkThreads: number;
   ours: ServiceSettings;
@@ -83,6 +85,7 @@ export function loadSettings(env: NodeJS.ProcessEnv = process.env): BenchSetting
     midFlightChecks: Math.max(1, int('BENCH_MIDFLIGHT_CHECKS', 3)),
     webhookRate: Math.max(1, int('BENCH_WEBHOOK_RATE', 50)),
     webhookDrainSeconds: Math.max(1, int('BENCH_WEBHOOK_DRAIN_SECONDS', 30)),
+    statements: env.BENCH_STATEMENTS === '1',
     loadGenerator,
     wrkThreads: Math.max(1, int('BENCH_WRK_THREADS', 1)),
     ours,
