@@ -1,5 +1,6 @@
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import type { EventJsonFillSettings } from './history/json-cache.js';
 import type { WebhookSettings } from './webhooks/worker.js';
 
 /** The project's root folder (where package.json lives). */
@@ -55,6 +56,8 @@ export interface Config {
   corsOrigins: string[];
   /** Webhook deliveries (WEBHOOK_*; docs/webhooks.md). */
   webhooks: WebhookSettings;
+  /** The events' JSON cache filler (EVENT_JSON_FILL_MS, EVENT_JSON_FILL_BATCH; docs/events.md). */
+  eventJsonFill: EventJsonFillSettings;
 }
 
 export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
@@ -95,6 +98,10 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       retryForMs: intFromEnv(env, 'WEBHOOK_RETRY_FOR_MS', 86_400_000),
       concurrency: Math.max(1, intFromEnv(env, 'WEBHOOK_CONCURRENCY', 8)),
       pollMs: Math.max(1, intFromEnv(env, 'WEBHOOK_POLL_MS', 100)),
+    },
+    eventJsonFill: {
+      intervalMs: intFromEnv(env, 'EVENT_JSON_FILL_MS', 200),
+      batch: Math.max(1, intFromEnv(env, 'EVENT_JSON_FILL_BATCH', 5_000)),
     },
   };
 }

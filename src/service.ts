@@ -11,6 +11,7 @@ import { ApiKeys, loadOrCreateKeyFile } from './http/auth.js';
 import { pruneIdempotencyKeys } from './http/idempotency.js';
 import { CursorCodec } from './http/cursor.js';
 import { WebhookWorker } from './webhooks/worker.js';
+import { EventJsonFiller } from './history/json-cache.js';
 
 export const EMBEDDED_DATABASE = 'subscriptions';
 
@@ -132,6 +133,15 @@ export async function startService(config: Config, log: Logger = pino({ level: c
     });
     const webhooks = new WebhookWorker(webhookDatabase.db, config.webhooks, log);
     webhooks.start();
+    // The events' JSON cache (docs/events.md), filled in the background on one connection of its own.
+    const eventJsonDatabase = openDatabase(databaseUrl, {
+      max: 1,
+      statementTimeoutMs: config.statementTimeoutMs,
+      connectionTimeoutMs: config.connectionTimeoutMs,
+      onError: (err) => log.warn({ err }, 'idle event JSON cache connection lost'),
+    });
+    const eventJsonFiller = new EventJsonFiller(eventJsonDatabase.pool, config.eventJsonFill, log);
+    eventJsonFiller.start();
     // A client must send its whole request in time (slowloris); handlers are bounded by the
     // statement and pool timeouts instead.
     server.requestTimeout = config.requestTimeoutMs;
@@ -164,6 +174,8 @@ export async function startService(config: Config, log: Logger = pino({ level: c
         await closed;
         clearTimeout(grace);
         await webhooksStopped;
+        await eventJsonFiller.stop();
+        await eventJsonDatabase.close();
         await webhookDatabase.close();
         await database.close();
         await embedded?.stop();
