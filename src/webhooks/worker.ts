@@ -5,16 +5,17 @@
  *
  * - An endpoint is served by one process at a time, the holder of its lease (claimed with
  *   FOR UPDATE SKIP LOCKED, committed at once, renewed by every write, checked by every write).
- * - Its next event is read from the feed after its cursor, below the horizon, by the very query of
- *   GET /api/events (eventPageQuery), and becomes its one pending delivery in the transaction that
- *   moves the cursor past it. The next one is read only when that delivery succeeded or was given up.
+ * - Its next event is read from the feed after its cursor, below the horizon taken in the same
+ *   statement (as GET /api/events reads it), and becomes its one pending delivery in the transaction
+ *   that moves the cursor past it (webhook_next_delivery, migration 0014). The next one is read only
+ *   when that delivery succeeded or was given up: in the round trip that records that attempt.
  * - Attempts run off the request path, at most `concurrency` at once per process, each bounded by
  *   the timeout; no database connection or transaction is held while a receiver answers.
  */
-import { sql, type Kysely } from 'kysely';
+import { CompiledQuery, type Kysely } from 'kysely';
 import type { Logger } from 'pino';
+import { prepareOnEachConnection } from '../db/prepared.js';
 import type { Database } from '../db/schema.js';
-import { eventPageQuery, toEvent } from '../resources/events.js';
 import { WebhookSender, type AttemptResult } from './sender.js';
 import type { WebhookDeliveryStatus } from './tables.js';
 
@@ -62,20 +63,29 @@ interface FeedPosition {
   id: number;
 }
 
+/** An endpoint as claimed: its lease, what a delivery needs, and its place in the feed. */
+interface Claimed {
+  id: number;
+  lease_token: string;
+  url: string;
+  secret: string;
+  event_types: string[];
+  cursor_xid: string;
+  cursor_id: number;
+}
+
 /** An endpoint being served by this process under its lease. */
 interface Serving {
   lease: Lease;
   endpoint: { url: string; secret: string; event_types: string[] };
   /** Its place in the feed, as this process last read or wrote it. */
   cursor: FeedPosition;
-  /** Its next events, read ahead in feed order, each with its body. */
-  ahead: { xid: string; id: number; type: string; payload: string }[];
-  /** The horizon of the last read when that read was complete: the place to move to once `ahead` is used up. */
-  horizon?: FeedPosition;
+  /** When it last had an attempt to make (Date.now()). */
+  lastWorkAt: number;
 }
 
-/** Events of an endpoint's types read at once (deliveries are still made one after the other). */
-const READ_AHEAD = 100;
+/** What the functions of migration 0014 answer: the place in the feed now, and the delivery to attempt next (id null: none). */
+type Next = { cursor_xid: string | null; cursor_id: number | null } & (({ id: number } & DueDelivery) | { [K in keyof DueDelivery]: null });
 
 /**
  * Steps one claim may take before the endpoint is released: a busy endpoint then queues behind the
@@ -83,7 +93,78 @@ const READ_AHEAD = 100;
  */
 const STEPS_PER_CLAIM = 50;
 
+/**
+ * An endpoint that just had an attempt keeps its lease a little while and asks every LINGER_POLL_MS
+ * whether events follow its place (one index probe, prepared), so that a steady stream of events is
+ * delivered within milliseconds of its commits instead of waiting for the next claim
+ * (WEBHOOK_POLL_MS). It lingers at most LINGER_MS after its last attempt, holding one of the
+ * `concurrency` slots.
+ */
+const LINGER_MS = 500;
+const LINGER_POLL_MS = 5;
+
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/**
+ * A statement with a fixed text sent as a named prepared statement (parsed and planned once per
+ * connection, src/db/prepared.ts), executed with each call's parameters ($1, $2, ... in order).
+ */
+function prepared<Row>(text: string): (db: Kysely<Database>, parameters: unknown[]) => Promise<Row[]> {
+  prepareOnEachConnection(text);
+  return async (db, parameters) => (await db.executeQuery<Row>(CompiledQuery.raw(text, parameters))).rows;
+}
+
+/**
+ * Leases up to $2 enabled endpoints that have work: a due attempt, or no pending delivery and
+ * events after their place in the feed below the horizon. One statement, committed at once (no
+ * transaction is held while delivering); SKIP LOCKED and the lease check on the locked row make it
+ * exclusive. Whether events wait is read from the first event after the place in the feed index
+ * ((xid, id) order: if the first one is not below the horizon, none is): one index probe. (An
+ * EXISTS over `(xid, id) > place AND xid < horizon` was planned as a sequential scan of events,
+ * 100-150 ms at 500k when nothing waits.)
+ */
+const claimStatement = prepared<Claimed>(`
+  UPDATE webhook_endpoints e
+  SET lease_token = gen_random_uuid(), lease_until = now() + $1::bigint * interval '1 millisecond'
+  FROM (
+    SELECT w.id FROM webhook_endpoints w
+    WHERE w.enabled AND (w.lease_token IS NULL OR w.lease_until < now())
+      AND (EXISTS (SELECT 1 FROM webhook_deliveries d WHERE d.endpoint_id = w.id AND d.next_attempt_at <= now())
+           OR (NOT EXISTS (SELECT 1 FROM webhook_deliveries d WHERE d.endpoint_id = w.id AND d.status = 'pending')
+               AND (SELECT v.xid FROM events v WHERE (v.xid, v.id) > (w.cursor_xid, w.cursor_id) ORDER BY v.xid, v.id LIMIT 1)
+                   < pg_snapshot_xmin(pg_current_snapshot())))
+    ORDER BY w.lease_until NULLS FIRST, w.id
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+  ) c
+  WHERE e.id = c.id
+  RETURNING e.id, e.lease_token::text AS lease_token, e.url, e.secret, e.event_types, e.cursor_xid::text AS cursor_xid, e.cursor_id`);
+
+const DELIVERY_COLUMNS = 'id, event_id, payload, status, attempt_count, first_attempt_at, next_attempt_at, retry_requested';
+
+/** The delivery to attempt next: a manual retry of a finished one first, else the pending one (index of 0014). */
+const currentStatement = prepared<DueDelivery>(`
+  SELECT ${DELIVERY_COLUMNS} FROM webhook_deliveries
+  WHERE endpoint_id = $1 AND (status = 'pending' OR retry_requested)
+  ORDER BY status = 'pending', id
+  LIMIT 1`);
+
+/** The next event of the endpoint's types made its pending delivery, or its place moved to the horizon (0014). */
+const nextStatement = prepared<Next>(`
+  SELECT cursor_xid::text AS cursor_xid, cursor_id, ${DELIVERY_COLUMNS}
+  FROM webhook_next_delivery($1::bigint, $2::uuid, $3::bigint, $4::xid8, $5::bigint, $6::text[])`);
+
+/** Whether events follow the place ($1, $2) below the horizon (0014). */
+const eventsWaitStatement = prepared<{ waiting: boolean }>(`SELECT webhook_events_wait($1::xid8, $2::bigint) AS waiting`);
+
+/** Releases the lease; lease_until says when the endpoint was last served. */
+const releaseStatement = prepared(`UPDATE webhook_endpoints SET lease_token = NULL, lease_until = now() WHERE id = $1::bigint AND lease_token = $2::uuid`);
+
+/** An attempt and its delivery's new state; the next event made the pending delivery if this one is done (0014). */
+const recordStatement = prepared<Next>(`
+  SELECT cursor_xid::text AS cursor_xid, cursor_id, ${DELIVERY_COLUMNS}
+  FROM webhook_record_attempt($1::bigint, $2::uuid, $3::bigint, $4::bigint, $5::integer, $6::text, $7::timestamptz, $8::integer,
+                              $9::integer, $10::text, $11::text, $12::bigint, $13::xid8, $14::bigint, $15::text[])`);
 
 export class WebhookWorker {
   private readonly sender: WebhookSender;
@@ -92,6 +173,9 @@ export class WebhookWorker {
   private readonly serving = new Set<Promise<void>>();
   private timer: NodeJS.Timeout | undefined;
   private stopping = false;
+  /** A look is under way; `again`: look once more as soon as it ends. */
+  private looking = false;
+  private again = false;
 
   constructor(
     private readonly db: Kysely<Database>,
@@ -116,16 +200,33 @@ export class WebhookWorker {
 
   private schedule(ms: number): void {
     if (this.stopping) return;
+    clearTimeout(this.timer);
     this.timer = setTimeout(() => void this.tick(), ms);
+  }
+
+  /** Looks for work at once (or right after the look under way). */
+  private wake(): void {
+    if (this.looking) this.again = true;
+    else this.schedule(0);
   }
 
   private async tick(): Promise<void> {
     let delay = this.settings.pollMs;
+    this.looking = true;
     try {
       const free = this.settings.concurrency - this.serving.size;
       if (free > 0) {
-        for (const lease of await this.claim(free)) {
-          const served: Promise<void> = this.serve(lease).finally(() => this.serving.delete(served));
+        for (const claimed of await claimStatement(this.db, [this.leaseMs, free])) {
+          const served: Promise<void> = this.serve(claimed).then(
+            (busy) => {
+              this.serving.delete(served);
+              // Released with work left (its step budget used up): look again at once, not a poll later.
+              if (busy) this.wake();
+            },
+            () => {
+              this.serving.delete(served);
+            },
+          );
           this.serving.add(served);
         }
       }
@@ -134,139 +235,93 @@ export class WebhookWorker {
       this.log.warn({ err }, 'webhooks: looking for work failed');
       delay = Math.max(delay, 1_000);
     }
+    this.looking = false;
+    if (this.again) delay = 0;
+    this.again = false;
     this.schedule(delay);
   }
 
-  /**
-   * Leases up to `limit` enabled endpoints that have work: a due attempt, or no pending delivery and
-   * events after their cursor below the horizon. One statement, committed at once (no transaction
-   * is held while delivering); SKIP LOCKED and the lease check on the locked row make it exclusive.
-   */
-  private async claim(limit: number): Promise<Lease[]> {
-    const { rows } = await sql<{ id: number; lease_token: string }>`
-      UPDATE webhook_endpoints e
-      SET lease_token = gen_random_uuid(), lease_until = now() + ${this.leaseMs} * interval '1 millisecond'
-      FROM (
-        SELECT w.id FROM webhook_endpoints w
-        WHERE w.enabled AND (w.lease_token IS NULL OR w.lease_until < now())
-          AND (EXISTS (SELECT 1 FROM webhook_deliveries d WHERE d.endpoint_id = w.id AND d.next_attempt_at <= now())
-               OR (NOT EXISTS (SELECT 1 FROM webhook_deliveries d WHERE d.endpoint_id = w.id AND d.status = 'pending')
-                   AND EXISTS (SELECT 1 FROM events v WHERE (v.xid, v.id) > (w.cursor_xid, w.cursor_id)
-                                                      AND v.xid < pg_snapshot_xmin(pg_current_snapshot()))))
-        ORDER BY w.lease_until NULLS FIRST, w.id
-        LIMIT ${limit}
-        FOR UPDATE SKIP LOCKED
-      ) c
-      WHERE e.id = c.id
-      RETURNING e.id, e.lease_token::text AS lease_token`.execute(this.db);
-    return rows.map((row) => ({ endpointId: row.id, token: row.lease_token }));
-  }
-
-  /** Serves one leased endpoint until it has nothing due, then releases it. */
-  private async serve(lease: Lease): Promise<void> {
+  /** Serves one leased endpoint until it has nothing due, then releases it. Whether it may have work left. */
+  private async serve(claimed: Claimed): Promise<boolean> {
+    const lease: Lease = { endpointId: claimed.id, token: claimed.lease_token };
+    const serving: Serving = { lease, endpoint: claimed, cursor: { xid: claimed.cursor_xid, id: claimed.cursor_id }, lastWorkAt: Date.now() };
+    let busy = false;
     try {
-      const endpoint = await this.db
-        .selectFrom('webhook_endpoints')
-        .select(['url', 'secret', 'enabled', 'event_types', 'cursor_xid', 'cursor_id'])
-        .where('id', '=', lease.endpointId)
-        .where('lease_token', '=', lease.token)
-        .executeTakeFirst();
-      if (!endpoint?.enabled) return; // deleted, disabled, or the lease was lost
-      const serving: Serving = { lease, endpoint, cursor: { xid: endpoint.cursor_xid, id: endpoint.cursor_id }, ahead: [] };
-      for (let step = 0; step < STEPS_PER_CLAIM && !this.stopping; step++) {
-        if (!(await this.step(serving))) break;
+      const [first] = await currentStatement(this.db, [lease.endpointId]);
+      let current: DueDelivery | undefined = first;
+      let step = 0;
+      for (; step < STEPS_PER_CLAIM && !this.stopping; step++) {
+        if (current && current.status !== 'pending') {
+          // A manual retry of a delivery already done (succeeded or given up): one attempt, out of band.
+          const outcome = await this.attempt(serving, current, 'manual');
+          if (!outcome.goOn) break;
+          current = outcome.current;
+          continue;
+        }
+        if (!current) {
+          const next = await this.nextDelivery(serving);
+          if (next === 'lost') break;
+          current = next;
+          if (!current) {
+            if (!(await this.linger(serving))) break;
+            continue;
+          }
+        }
+        if (!current.next_attempt_at || current.next_attempt_at.getTime() > Date.now()) break;
+        serving.lastWorkAt = Date.now();
+        const outcome = await this.attempt(serving, current, current.retry_requested ? 'manual' : 'scheduled');
+        if (!outcome.goOn) break;
+        current = outcome.current;
       }
+      busy = step >= STEPS_PER_CLAIM && !this.stopping;
     } catch (err) {
       this.log.warn({ err, endpoint: lease.endpointId }, 'webhooks: serving an endpoint failed; its lease will expire');
     } finally {
-      await this.db
-        .updateTable('webhook_endpoints')
-        .set({ lease_token: null, lease_until: sql<Date>`now()` })
-        .where('id', '=', lease.endpointId)
-        .where('lease_token', '=', lease.token)
-        .execute()
-        .catch(() => undefined);
+      await releaseStatement(this.db, [lease.endpointId, lease.token]).catch(() => undefined);
     }
+    return busy;
   }
 
-  /** One thing for the endpoint: a manual retry, or its pending delivery's next attempt. Whether to go on. */
-  private async step(serving: Serving): Promise<boolean> {
-    // First a manual retry of a delivery already done (succeeded or given up): one attempt, out of
-    // band. Else the pending delivery, or the next event made one.
-    const current = await this.db
-      .selectFrom('webhook_deliveries')
-      .select(['id', 'event_id', 'payload', 'status', 'attempt_count', 'first_attempt_at', 'next_attempt_at', 'retry_requested'])
-      .where('endpoint_id', '=', serving.lease.endpointId)
-      .where((eb) => eb.or([eb('status', '=', 'pending'), eb('retry_requested', '=', true)]))
-      .orderBy(sql`status = 'pending'`)
-      .orderBy('id')
-      .limit(1)
-      .executeTakeFirst();
-    if (current && current.status !== 'pending') return this.attempt(serving, current, 'manual');
-    const head = current ?? (await this.nextDelivery(serving));
-    if (!head?.next_attempt_at || head.next_attempt_at.getTime() > Date.now()) return false;
-    return this.attempt(serving, head, head.retry_requested ? 'manual' : 'scheduled');
+  /**
+   * With nothing to deliver: whether to look again. An endpoint that had an attempt within LINGER_MS
+   * keeps its lease and asks every LINGER_POLL_MS whether events follow its place below the horizon
+   * (true as soon as they do); else it is released and waits for the next claim.
+   */
+  private async linger(serving: Serving): Promise<boolean> {
+    while (!this.stopping && Date.now() - serving.lastWorkAt <= LINGER_MS) {
+      await sleep(LINGER_POLL_MS);
+      const [probe] = await eventsWaitStatement(this.db, [serving.cursor.xid, serving.cursor.id]);
+      if (probe?.waiting) return true;
+    }
+    return false;
+  }
+
+  /** Takes the place in the feed and the next delivery from an answer of 0014's functions. */
+  private follow(serving: Serving, next: Next | undefined): DueDelivery | undefined | 'lost' {
+    // No answer, or no place: the lease was lost, the endpoint disabled or deleted, or its place moved
+    // by another process; stop, the next claim reads its place again.
+    if (!next || next.cursor_xid === null || next.cursor_id === null) return 'lost';
+    serving.cursor = { xid: next.cursor_xid, id: next.cursor_id };
+    return next.id === null ? undefined : next;
   }
 
   /**
    * The endpoint's next event of its types becomes its pending delivery, in the one statement that
-   * moves its place in the feed past it (and only if its place is still where this process read
-   * from). Events are read ahead a page at a time, in feed order after its place and below the
-   * horizon, with the query of GET /api/events. When a complete page is used up, the place moves to
-   * that page's horizon: every event below it has been seen.
+   * reads it below the horizon and moves its place in the feed past it (and only if its place is
+   * still where this process read from); with none, its place moves to the horizon.
    */
-  private async nextDelivery(serving: Serving): Promise<DueDelivery | undefined> {
+  private async nextDelivery(serving: Serving): Promise<DueDelivery | undefined | 'lost'> {
     const { lease } = serving;
-    if (serving.ahead.length === 0) {
-      if (serving.horizon) {
-        const horizon = serving.horizon;
-        serving.horizon = undefined;
-        await this.moveCursor(serving, horizon);
-        return undefined;
-      }
-      const types = serving.endpoint.event_types as NonNullable<Parameters<typeof eventPageQuery>[1]['type']>;
-      const rows = await eventPageQuery(this.db, { type: types }, serving.cursor, READ_AHEAD).execute();
-      const events = rows.filter((row): row is typeof row & Parameters<typeof toEvent>[0] => row.id !== null);
-      // Exactly what GET /api/events/{id} answers (sendObject writes JSON.stringify of it).
-      serving.ahead = events.map((event) => ({ xid: event.xid, id: event.id, type: event.type, payload: JSON.stringify(toEvent(event)) }));
-      if (events.length <= READ_AHEAD) serving.horizon = { xid: rows[0]!.horizon, id: 0 };
-      if (serving.ahead.length === 0) return this.nextDelivery(serving);
-    }
-    const event = serving.ahead.shift()!;
-    const { rows } = await sql<DueDelivery>`
-      WITH moved AS (
-        UPDATE webhook_endpoints
-        SET cursor_xid = ${event.xid}::xid8, cursor_id = ${event.id}, lease_until = now() + ${this.leaseMs} * interval '1 millisecond'
-        WHERE id = ${lease.endpointId} AND lease_token = ${lease.token}::uuid AND enabled
-          AND cursor_xid = ${serving.cursor.xid}::xid8 AND cursor_id = ${serving.cursor.id}
-        RETURNING id
-      )
-      INSERT INTO webhook_deliveries (endpoint_id, event_id, event_type, payload, next_attempt_at)
-      SELECT id, ${event.id}, ${event.type}, ${event.payload}, now() FROM moved
-      RETURNING id, event_id, payload, status, attempt_count, first_attempt_at, next_attempt_at, retry_requested`.execute(this.db);
-    // The lease was lost, the endpoint disabled or deleted: stop; the next claim reads its place again.
-    if (rows.length !== 1) return undefined;
-    serving.cursor = { xid: event.xid, id: event.id };
-    return rows[0];
+    const [next] = await nextStatement(this.db, [lease.endpointId, lease.token, this.leaseMs, serving.cursor.xid, serving.cursor.id, serving.endpoint.event_types]);
+    return this.follow(serving, next);
   }
 
-  /** Moves the endpoint's place forward to `position` (the horizon of a complete read). */
-  private async moveCursor(serving: Serving, position: FeedPosition): Promise<void> {
-    const { lease } = serving;
-    const moved = await this.db
-      .updateTable('webhook_endpoints')
-      .set({ cursor_xid: position.xid, cursor_id: position.id })
-      .set(sql`lease_until`, sql`now() + ${this.leaseMs} * interval '1 millisecond'`)
-      .where('id', '=', lease.endpointId)
-      .where('lease_token', '=', lease.token)
-      .where(sql<boolean>`(cursor_xid, cursor_id) = (${serving.cursor.xid}::xid8, ${serving.cursor.id}::bigint)`)
-      .where(sql<boolean>`(cursor_xid, cursor_id) < (${position.xid}::xid8, ${position.id}::bigint)`)
-      .executeTakeFirst();
-    if (moved.numUpdatedRows === 1n) serving.cursor = position;
-  }
-
-  /** Sends one attempt and records it; whether the endpoint may go on at once. */
-  private async attempt(serving: Serving, delivery: DueDelivery, trigger: 'scheduled' | 'manual'): Promise<boolean> {
+  /**
+   * Sends one attempt and records it; when the attempt ends the pending delivery, the endpoint's next
+   * event becomes its pending delivery in the same round trip. Whether the endpoint may go on at
+   * once, and the delivery to attempt next.
+   */
+  private async attempt(serving: Serving, delivery: DueDelivery, trigger: 'scheduled' | 'manual'): Promise<{ goOn: boolean; current: DueDelivery | undefined }> {
     const { lease, endpoint } = serving;
     const attemptedAt = new Date();
     const result = await this.sender.send({ url: endpoint.url, secret: endpoint.secret, id: `evt_${delivery.event_id}`, payload: delivery.payload });
@@ -279,46 +334,50 @@ export class WebhookWorker {
       if (attemptedAt.getTime() - firstAt.getTime() >= this.settings.retryForMs) status = 'failed';
       else retryInMs = retryDelayMs(number, this.settings);
     }
-    await this.record(lease, delivery, { number, trigger, attemptedAt, result, status, retryInMs });
+    const next = this.follow(serving, await this.record(serving, delivery, { number, trigger, attemptedAt, result, status, retryInMs }));
     if (!result.succeeded) {
       this.log.info({ endpoint: lease.endpointId, event: delivery.event_id, attempt: number, status: result.statusCode, error: result.error, retryInMs }, 'webhook attempt failed');
     }
-    return result.succeeded || status === 'failed' || trigger === 'manual';
+    if (next === 'lost') return { goOn: false, current: undefined };
+    return { goOn: result.succeeded || status === 'failed' || trigger === 'manual', current: next };
   }
 
   /**
    * Records an attempt and the delivery's new state, renewing the lease, in one statement that
-   * does nothing unless this process still holds the lease. While the database is away it is
-   * tried again until the lease would run out (then the attempt is made again: at least once).
+   * does nothing unless this process still holds the lease (webhook_record_attempt, migration 0014,
+   * which also makes the next event the pending delivery once none is). While the database is away
+   * it is tried again until the lease would run out (then the attempt is made again: at least once).
    */
   private async record(
-    lease: Lease,
+    serving: Serving,
     delivery: DueDelivery,
     outcome: { number: number; trigger: 'scheduled' | 'manual'; attemptedAt: Date; result: AttemptResult; status: WebhookDeliveryStatus; retryInMs: number | null },
-  ): Promise<void> {
+  ): Promise<Next> {
+    const { lease, cursor, endpoint } = serving;
     const { number, trigger, attemptedAt, result, status, retryInMs } = outcome;
-    const statement = sql<{ attempt: number }>`
-      WITH lease AS (
-        UPDATE webhook_endpoints SET lease_until = now() + ${this.leaseMs} * interval '1 millisecond'
-        WHERE id = ${lease.endpointId} AND lease_token = ${lease.token}::uuid
-        RETURNING id
-      ), delivery AS (
-        UPDATE webhook_deliveries
-        SET attempt_count = ${number}, status = ${status}, retry_requested = false,
-            first_attempt_at = coalesce(first_attempt_at, ${attemptedAt}::timestamptz),
-            next_attempt_at = CASE WHEN ${retryInMs}::bigint IS NULL THEN NULL ELSE now() + ${retryInMs}::bigint * interval '1 millisecond' END
-        WHERE id = ${delivery.id} AND attempt_count = ${number - 1} AND endpoint_id IN (SELECT id FROM lease)
-        RETURNING id
-      )
-      INSERT INTO webhook_attempts (delivery_id, attempt, trigger, attempted_at, duration_ms, status_code, error)
-      SELECT id, ${number}, ${trigger}, ${attemptedAt}::timestamptz, ${result.durationMs}, ${result.statusCode}, ${result.error} FROM delivery
-      RETURNING attempt`;
+    const parameters = [
+      lease.endpointId,
+      lease.token,
+      this.leaseMs,
+      delivery.id,
+      number,
+      trigger,
+      attemptedAt,
+      result.durationMs,
+      result.statusCode,
+      result.error,
+      status,
+      retryInMs,
+      cursor.xid,
+      cursor.id,
+      endpoint.event_types,
+    ];
     const deadline = Date.now() + this.leaseMs - this.settings.timeoutMs;
     for (let wait = 100; ; wait = Math.min(wait * 2, 2_000)) {
       try {
-        const { rows } = await statement.execute(this.db);
-        if (rows.length !== 1) throw new Error('lease lost or endpoint deleted: the attempt is not recorded');
-        return;
+        const [row] = await recordStatement(this.db, parameters);
+        if (!row) throw new Error('lease lost or endpoint deleted: the attempt is not recorded');
+        return row;
       } catch (err) {
         if ((err as Error).message.startsWith('lease lost') || Date.now() + wait > deadline) throw err;
         await sleep(wait);
