@@ -151,7 +151,8 @@ async function expectedAnalyticsAt(db: Kysely<Database>, t: string): Promise<Omi
     user_state AS (
       SELECT DISTINCT ON (object_id) object_id::bigint AS id, (object_user).name, (object_user).email FROM (
         SELECT object_id, id, object_user, max(occurred_at) OVER (PARTITION BY object_id ORDER BY id) AS f FROM events WHERE object_type = 'user') u
-      WHERE f <= ${sql.raw(pgText(t))}::timestamptz ORDER BY object_id, id DESC)
+      -- u.id: the event's id (a bare id would be the output column, the user's id, and pick any of their events).
+      WHERE f <= ${sql.raw(pgText(t))}::timestamptz ORDER BY object_id, u.id DESC)
     SELECT json_build_object(
       'total_recurring_revenue', (SELECT coalesce(sum(plan_cost), 0)::numeric(30, 2)::text FROM subs WHERE status = 'active'),
       'average_subscription_cost', (SELECT coalesce(round(avg(plan_cost), 2), 0)::numeric(30, 2)::text FROM subs),
