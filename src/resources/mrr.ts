@@ -40,7 +40,8 @@ interface MrrRow {
   customer_churn_rate: string | null;
   revenue_churn_rate: string | null;
   arpa: string;
-  as_of: Date;
+  /** now() as toISOString() writes it (milliseconds, truncated as the driver's Date would be): text, not a Date parsed per row. */
+  as_of: string;
 }
 
 const REPORT_COLUMNS = `to_char(r.month, 'YYYY-MM') AS month, r.starting_mrr::text, r.new::text, r.expansion::text, r.contraction::text,
@@ -48,7 +49,8 @@ const REPORT_COLUMNS = `to_char(r.month, 'YYYY-MM') AS month, r.starting_mrr::te
   r.reactivated_customers::text, r.churned_customers::text,
   round(r.churned_customers::numeric / nullif(r.starting_customers, 0), 4)::numeric(20, 4)::text AS customer_churn_rate,
   round((r.churn + r.contraction) / nullif(r.starting_mrr, 0), 4)::numeric(20, 4)::text AS revenue_churn_rate,
-  coalesce(round(r.ending_mrr / nullif(r.customers, 0), 2), 0)::text AS arpa, now() AS as_of`;
+  coalesce(round(r.ending_mrr / nullif(r.customers, 0), 2), 0)::text AS arpa,
+  to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') AS as_of`;
 
 /** One statement per source, its text fixed: prepared on each connection at first use. */
 const REPORT_SQL: Record<AnalyticsSource, string> = {
@@ -81,7 +83,7 @@ export async function readMrrReport(db: Kysely<Database>, query: { from?: string
   const { from, to } = reportMonths(query);
   const { rows } = await db.executeQuery(CompiledQuery.raw(REPORT_SQL[source], [from, to]) as CompiledQuery<MrrRow>);
   return {
-    as_of: (rows[0]?.as_of ?? new Date()).toISOString(),
+    as_of: rows[0]?.as_of ?? new Date().toISOString(),
     months: rows.map((r): MrrMonth => ({
       month: r.month,
       starting_mrr: formatMoney(r.starting_mrr),
