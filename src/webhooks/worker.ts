@@ -244,7 +244,7 @@ export class WebhookWorker {
   /** Serves one leased endpoint until it has nothing due, then releases it. Whether it may have work left. */
   private async serve(claimed: Claimed): Promise<boolean> {
     const lease: Lease = { endpointId: claimed.id, token: claimed.lease_token };
-    const serving: Serving = { lease, endpoint: claimed, cursor: { xid: claimed.cursor_xid, id: claimed.cursor_id }, lastWorkAt: Date.now() };
+    const serving: Serving = { lease, endpoint: claimed, cursor: { xid: claimed.cursor_xid, id: claimed.cursor_id }, lastWorkAt: 0 };
     let busy = false;
     try {
       const [first] = await currentStatement(this.db, [lease.endpointId]);
