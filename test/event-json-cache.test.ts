@@ -271,6 +271,26 @@ test.serial('concurrent fillers render every committed event exactly once while 
   t.log(`${committed.size} committed, ${rolledBack.size} rolled back, ${inversions} out-of-order commits; ${rendered} rendered by 4 fillers, ${skipped} turns skipped`);
 });
 
+test.serial('emptying the events (as the seed does: TRUNCATE events CASCADE) empties the cache and its position', async (t) => {
+  await app.client.POST('/users', { body: { name: 'Before the reload', email: email() } });
+  await feedCaughtUp(app);
+  while ((await app.database.pool.query<{ n: number }>(`SELECT event_json_fill(1000) AS n`)).rows[0]!.n > 0);
+  const client = await app.database.pool.connect();
+  try {
+    await client.query('BEGIN');
+    t.true((await client.query<{ n: number }>(`SELECT count(*)::int AS n FROM event_json`)).rows[0]!.n > 0, 'the cache has texts');
+    await client.query('TRUNCATE events CASCADE');
+    const { rows } = await client.query(`SELECT (SELECT count(*)::int FROM event_json) AS cached, xid::text, id::int FROM event_json_position`);
+    t.deepEqual(rows, [{ cached: 0, xid: '0', id: 0 }]);
+    // No text of a removed event is served.
+    const { rows: page } = await client.query(`SELECT fetched::int, data FROM history_feed_page('0', 0, 500)`);
+    t.deepEqual(page, [{ fetched: 0, data: null }]);
+  } finally {
+    await client.query('ROLLBACK');
+    client.release();
+  }
+});
+
 test.serial('the filler logs a failure and tries again on its next turn (the database unreachable)', async (t) => {
   // A port nothing listens on: every turn fails to connect.
   const handle = openDatabase('postgres://postgres:postgres@127.0.0.1:1/none', { max: 1, connectionTimeoutMs: 500 });
