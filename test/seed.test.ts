@@ -160,6 +160,23 @@ test('after a seed every constraint, index and trigger is back and valid, and th
   t.deepEqual((await db.pool.query('SELECT * FROM analytics_reconcile()')).rows, []);
 });
 
+test('after a seed every table has planner statistics: the seeded tables, the events and every aggregate', async (t) => {
+  const db = await freshDatabase();
+  await seedDatabase(db.pool, SMALL);
+  // reltuples is -1 until a table is first analyzed or vacuumed (PostgreSQL 14+).
+  const { rows } = await db.pool.query<{ name: string }>(
+    "SELECT c.relname AS name FROM pg_class c WHERE c.relnamespace = current_schema()::regnamespace AND c.relkind = 'r' AND c.reltuples < 0 ORDER BY 1",
+  );
+  t.deepEqual(
+    rows.map((r) => r.name),
+    [],
+  );
+  const { rows: aggregates } = await db.pool.query<{ n: string }>(
+    "SELECT count(*) AS n FROM pg_class WHERE relname IN ('history_user_months', 'analytics_user_totals', 'events') AND reltuples > 0",
+  );
+  t.is(Number(aggregates[0]!.n), 3, 'the per-user month aggregates, the user totals and the events are analyzed with their rows');
+});
+
 test('seeded rows pass the API: users, subscriptions, features, links and analytics validate against the spec', async (t) => {
   const app = await startTestApp();
   t.teardown(() => app.close());
