@@ -10,7 +10,8 @@ import { openDatabase } from '../src/db/database.js';
 import { EventJsonFiller } from '../src/history/json-cache.js';
 import { eventPageTextQuery } from '../src/resources/events.js';
 import { useTestApp } from './support/app.js';
-import { eventPage, feedCaughtUp, readFeed, type Event } from './support/events.js';
+import { feedCaughtUp, readFeed, type Event } from './support/events.js';
+import { followFeedWhileWriting, OutOfOrderWriters } from './support/out-of-order-writers.js';
 
 // The service's own filler is off: the tests set the cache's state themselves.
 const app = useTestApp(test, { EVENT_JSON_FILL_MS: '0' });
@@ -120,107 +121,44 @@ test.serial('concurrent fillers render every committed event exactly once while 
   const start = (await readFeed(app, { limit: 500 })).cursor;
   // Everything so far cached: what the fillers render below is the writers' events only.
   while ((await app.database.pool.query<{ n: number }>(`SELECT event_json_fill(1000) AS n`)).rows[0]!.n > 0);
-  const committed = new Set<number>();
-  const rolledBack = new Set<number>();
-  const commitOrder: string[] = [];
-  let writing = true;
-
-  async function ownEvents(client: pg.PoolClient): Promise<number[]> {
-    const { rows } = await client.query<{ id: number }>('SELECT id FROM events WHERE xid = pg_current_xact_id() ORDER BY id');
-    return rows.map((r) => r.id);
-  }
-  async function finish(client: pg.PoolClient): Promise<void> {
-    const own = await ownEvents(client);
-    const {
-      rows: [x],
-    } = await client.query<{ xid: string }>('SELECT pg_current_xact_id()::text AS xid');
-    if (random(4) === 0) {
-      await client.query('ROLLBACK');
-      own.forEach((id) => rolledBack.add(id));
-    } else {
-      await client.query('COMMIT');
-      own.forEach((id) => committed.add(id));
-      commitOrder.push(x!.xid);
-    }
-  }
-  async function writer(w: number): Promise<void> {
-    const client = await app.database.pool.connect();
-    try {
-      for (let round = 0; round < 8; round++) {
-        try {
-          await client.query('BEGIN');
-          for (let s = 1 + random(3); s > 0; s--) {
-            const {
-              rows: [user],
-            } = await client.query<{ id: number }>(`INSERT INTO users (name, email) VALUES ($1, $2) RETURNING id`, [`Filler writer ${w}`, email()]);
-            await client.query(`UPDATE users SET name = name || '.' WHERE id = $1`, [user!.id]);
-            await sleep(random(30));
-          }
-          await finish(client);
-        } catch (err) {
-          await client.query('ROLLBACK').catch(() => {});
-          throw err;
-        }
-      }
-    } finally {
-      client.release();
-    }
-  }
-  // Starts first, commits last: commits surely come out of xid order.
-  async function longWriter(): Promise<void> {
-    const client = await app.database.pool.connect();
-    try {
-      await client.query('BEGIN');
-      await client.query(`INSERT INTO users (name, email) VALUES ('Long filler writer', $1)`, [email()]);
-      const own = await ownEvents(client);
+  // Each writer adds users and renames them, 1-3 in a transaction (0-30 ms apart); about one in four rolls back.
+  const writers = new OutOfOrderWriters(app.database.pool, {
+    writers: 8,
+    transactions: 8,
+    maxStatements: 3,
+    maxPauseMs: 30,
+    async write(client, w) {
       const {
-        rows: [x],
-      } = await client.query<{ xid: string }>('SELECT pg_current_xact_id()::text AS xid');
-      await sleep(400);
-      await client.query('COMMIT');
-      own.forEach((id) => committed.add(id));
-      commitOrder.push(x!.xid);
-    } finally {
-      client.release();
-    }
-  }
+        rows: [user],
+      } = await client.query<{ id: number }>(`INSERT INTO users (name, email) VALUES ($1, $2) RETURNING id`, [`Filler writer ${w}`, email()]);
+      await client.query(`UPDATE users SET name = name || '.' WHERE id = $1`, [user!.id]);
+    },
+    async writeLong(client) {
+      await client.query(`INSERT INTO users (name, email) VALUES ('Long filler writer', $1)`, [email()]);
+    },
+    // No writer touches another's rows: a collision would be a real failure.
+    carryOnAfterCollision: false,
+  });
+  const { committed, rolledBack } = writers;
 
   // Four fillers, each on its own connection, in small batches, as fast as they can.
   const handles = Array.from({ length: 4 }, () => openDatabase(app.databaseUrl, { max: 1 }));
   const fillers = handles.map((h) => new EventJsonFiller(h.pool, { intervalMs: 0, batch: 3 }, silent));
   let skipped = 0;
   async function fill(filler: EventJsonFiller): Promise<void> {
-    while (writing) {
+    while (writers.writing) {
       if ((await filler.fillOnce()) === null) skipped++;
       await sleep(random(3));
     }
   }
-  // A reader follows the feed meanwhile (its pages mix cached and rendered events).
-  const seen: Event[] = [];
-  async function reader(): Promise<void> {
-    let cursor = start;
-    const deadline = Date.now() + 90_000;
-    for (;;) {
-      const page = await eventPage(app, { cursor, limit: 7 });
-      seen.push(...page.data);
-      cursor = page.next_cursor;
-      if (page.data.length === 0) {
-        if (!writing && [...committed].every((id) => seen.some((e) => e.id === id))) return;
-        if (Date.now() > deadline) throw new Error('the reader did not see every committed event in time');
-        await sleep(5);
-      }
-    }
-  }
+  let seen: Event[] = [];
   try {
     const filling = fillers.map(fill);
-    const reading = reader();
-    const long = longWriter();
-    await sleep(20);
-    await Promise.all(Array.from({ length: 8 }, (_, w) => writer(w)));
-    await long;
-    writing = false;
+    // A reader follows the feed meanwhile (its pages mix cached and rendered events).
+    const reading = followFeedWhileWriting(app, start, writers);
+    await writers.run();
     await Promise.all(filling);
-    await reading;
+    seen = await reading;
     // The rest, once every writer's transaction has ended.
     await feedCaughtUp(app);
     while ((await fillers[0]!.fillOnce()) !== 0);
@@ -266,7 +204,7 @@ test.serial('concurrent fillers render every committed event exactly once while 
   const again = await readFeed(app, { cursor: start, limit: 500 });
   t.deepEqual(again.events.slice(0, seen.length), seen);
 
-  const inversions = commitOrder.filter((xid, i) => commitOrder.slice(0, i).some((earlier) => BigInt(earlier) > BigInt(xid))).length;
+  const inversions = writers.inversions();
   t.true(inversions > 0, `${inversions} commits came after a transaction with a higher xid`);
   t.log(`${committed.size} committed, ${rolledBack.size} rolled back, ${inversions} out-of-order commits; ${rendered} rendered by 4 fillers, ${skipped} turns skipped`);
 });

@@ -3,16 +3,15 @@
  * event exactly once, in a stable order, even while writers commit out of id order.
  */
 import test from 'ava';
-import type pg from 'pg';
 import { eventPageQuery, eventPageTextQuery } from '../src/resources/events.js';
 import { useTestApp } from './support/app.js';
 import { eventPage, feedCaughtUp, readFeed, type Event } from './support/events.js';
+import { followFeedWhileWriting, ownEvents, OutOfOrderWriters } from './support/out-of-order-writers.js';
 
 const app = useTestApp(test);
 
 let serial = 0;
 const email = () => `feed.${process.pid}.${++serial}@example.com`;
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 async function createUser() {
   const { data } = await app.client.POST('/users', { body: { name: `Reader ${++serial}`, email: email() } });
@@ -24,12 +23,6 @@ async function createUser() {
 async function tail(): Promise<string> {
   await feedCaughtUp(app);
   return (await readFeed(app, { limit: 500 })).cursor;
-}
-
-/** The events a transaction of this client wrote so far (before it commits or rolls back). */
-async function ownEvents(client: pg.PoolClient): Promise<number[]> {
-  const { rows } = await client.query<{ id: number }>('SELECT id FROM events WHERE xid = pg_current_xact_id() ORDER BY id');
-  return rows.map((r) => r.id);
 }
 
 /** Every event after `afterId`'s position up to `lastId`'s, in the feed's order, straight from the table. */
@@ -93,11 +86,6 @@ test.serial('many writers committing out of order, some rolling back: a reader f
   const {
     rows: [mark],
   } = await app.database.pool.query<{ id: number | null }>('SELECT max(id)::int AS id FROM events');
-  const committed = new Set<number>();
-  const rolledBack = new Set<number>();
-  const commitOrder: string[] = [];
-  let writing = true;
-
   // Each writer runs transactions of random length (1-4 statements, 0-40 ms between them), writing
   // through several tables and cascades; about one in four rolls back.
   const { rows: features } = await app.database.pool.query<{ id: number }>(
@@ -105,104 +93,46 @@ test.serial('many writers committing out of order, some rolling back: a reader f
     [`${process.pid}.${++serial}`],
   );
   const random = (n: number) => Math.floor(Math.random() * n);
-  async function writer(w: number): Promise<void> {
-    const client = await app.database.pool.connect();
-    try {
-      for (let round = 0; round < 8; round++) {
-        try {
-          await client.query('BEGIN');
-          const statements = 1 + random(4);
-          for (let s = 0; s < statements; s++) {
-            const kind = random(4);
-            if (kind === 0) {
-              await client.query(`INSERT INTO users (name, email) VALUES ($1, $2)`, [`Writer ${w}`, email()]);
-            } else if (kind === 1) {
-              const {
-                rows: [user],
-              } = await client.query<{ id: number }>(`INSERT INTO users (name, email) VALUES ($1, $2) RETURNING id`, [`Owner ${w}`, email()]);
-              const {
-                rows: [subscription],
-              } = await client.query<{ id: number }>(`INSERT INTO subscriptions (user_id, status, plan_cost, start_date) VALUES ($1, 'active', $2, '2026-03-01') RETURNING id`, [
-                user!.id,
-                `${1 + random(99)}.99`,
-              ]);
-              await client.query(`INSERT INTO subscription_features (subscription_id, feature_id) VALUES ($1, $2)`, [subscription!.id, features[random(3)]!.id]);
-            } else if (kind === 2) {
-              await client.query(`UPDATE subscriptions SET status = 'past_due' WHERE id = (SELECT max(id) FROM subscriptions WHERE status = 'active')`);
-            } else {
-              // A cascade: a user, its subscriptions and their links.
-              await client.query(`DELETE FROM users WHERE id = (SELECT min(id) FROM users WHERE name LIKE 'Owner %' AND id % 3 = $1)`, [w % 3]);
-            }
-            await sleep(random(40));
-          }
-          const own = await ownEvents(client);
-          const {
-            rows: [x],
-          } = await client.query<{ xid: string }>('SELECT pg_current_xact_id()::text AS xid');
-          if (random(4) === 0) {
-            await client.query('ROLLBACK');
-            own.forEach((id) => rolledBack.add(id));
-          } else {
-            await client.query('COMMIT');
-            own.forEach((id) => committed.add(id));
-            commitOrder.push(x!.xid);
-          }
-        } catch (err) {
-          await client.query('ROLLBACK').catch(() => {});
-          // Writers collide (a deadlock or a row deleted under an update): a rolled-back transaction,
-          // which is part of what the feed must cope with; the writer goes on with its next one.
-          if (!/deadlock|could not serialize/.test(String(err))) throw err;
-        }
+  const writers = new OutOfOrderWriters(app.database.pool, {
+    writers: 10,
+    transactions: 8,
+    maxStatements: 4,
+    maxPauseMs: 40,
+    async write(client, w) {
+      const kind = random(4);
+      if (kind === 0) {
+        await client.query(`INSERT INTO users (name, email) VALUES ($1, $2)`, [`Writer ${w}`, email()]);
+      } else if (kind === 1) {
+        const {
+          rows: [user],
+        } = await client.query<{ id: number }>(`INSERT INTO users (name, email) VALUES ($1, $2) RETURNING id`, [`Owner ${w}`, email()]);
+        const {
+          rows: [subscription],
+        } = await client.query<{ id: number }>(`INSERT INTO subscriptions (user_id, status, plan_cost, start_date) VALUES ($1, 'active', $2, '2026-03-01') RETURNING id`, [
+          user!.id,
+          `${1 + random(99)}.99`,
+        ]);
+        await client.query(`INSERT INTO subscription_features (subscription_id, feature_id) VALUES ($1, $2)`, [subscription!.id, features[random(3)]!.id]);
+      } else if (kind === 2) {
+        await client.query(`UPDATE subscriptions SET status = 'past_due' WHERE id = (SELECT max(id) FROM subscriptions WHERE status = 'active')`);
+      } else {
+        // A cascade: a user, its subscriptions and their links.
+        await client.query(`DELETE FROM users WHERE id = (SELECT min(id) FROM users WHERE name LIKE 'Owner %' AND id % 3 = $1)`, [w % 3]);
       }
-    } finally {
-      client.release();
-    }
-  }
-
-  // One long transaction that starts first and commits last, so that some commits surely come out of xid order.
-  async function longWriter(): Promise<void> {
-    const client = await app.database.pool.connect();
-    try {
-      await client.query('BEGIN');
+    },
+    async writeLong(client) {
       await client.query(`INSERT INTO users (name, email) VALUES ('Long', $1)`, [email()]);
-      const own = await ownEvents(client);
-      const {
-        rows: [x],
-      } = await client.query<{ xid: string }>('SELECT pg_current_xact_id()::text AS xid');
-      await sleep(400);
-      await client.query('COMMIT');
-      own.forEach((id) => committed.add(id));
-      commitOrder.push(x!.xid);
-    } finally {
-      client.release();
-    }
-  }
+    },
+    // Writers collide (a deadlock or a row deleted under an update): a rolled-back transaction,
+    // which is part of what the feed must cope with; the writer goes on with its next one.
+    carryOnAfterCollision: true,
+  });
+  const { committed, rolledBack } = writers;
 
-  const seen: Event[] = [];
-  async function reader(): Promise<void> {
-    let cursor = start;
-    const deadline = Date.now() + 90_000;
-    for (;;) {
-      const page = await eventPage(app, { cursor, limit: 7 });
-      seen.push(...page.data);
-      cursor = page.next_cursor;
-      if (page.data.length === 0) {
-        if (!writing && [...committed].every((id) => seenIds.has(id))) return;
-        if (Date.now() > deadline) throw new Error('the reader did not see every committed event in time');
-        await sleep(5);
-      }
-      for (const e of page.data) seenIds.add(e.id);
-    }
-  }
-  const seenIds = new Set<number>();
-
-  const reading = reader();
-  const long = longWriter();
-  await sleep(20);
-  await Promise.all(Array.from({ length: 10 }, (_, w) => writer(w)));
-  await long;
-  writing = false;
-  await reading;
+  const reading = followFeedWhileWriting(app, start, writers);
+  await writers.run();
+  const seen = await reading;
+  const seenIds = new Set(seen.map((e) => e.id));
 
   const ids = seen.map((e) => e.id);
   t.is(new Set(ids).size, ids.length, 'no event twice');
@@ -225,7 +155,7 @@ test.serial('many writers committing out of order, some rolling back: a reader f
   // The scenario did what it claims: ids were given out of commit order.
   const sortedIds = [...ids].sort((a, b) => a - b);
   t.notDeepEqual(ids, sortedIds, 'some transaction committed after one that got higher event ids');
-  const inversions = commitOrder.filter((xid, i) => commitOrder.slice(0, i).some((earlier) => BigInt(earlier) > BigInt(xid))).length;
+  const inversions = writers.inversions();
   t.true(inversions > 0, `${inversions} commits came after a transaction with a higher xid`);
   t.log(`${committed.size} committed and ${rolledBack.size} rolled-back events; ${seen.length} read in pages of 7; ${inversions} out-of-order commits`);
 });
