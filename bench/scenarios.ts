@@ -253,20 +253,27 @@ export function scenarios(ctx: ScenarioContext): { services: ExtraService[]; com
     ),
   );
 
+  /**
+   * What one feature costs the one-row GET: ours against `other`, a service that differs from ours
+   * in that feature only (on in ours if `oursHasIt`); req/s, p50 and a CPU figure as on / off.
+   */
+  const featureCost = (feature: string, other: Side, oursHasIt: boolean, [cpuName, cpuMetric]: [string, Metric]): Comparison => {
+    const [on, off] = oursHasIt ? [oursOneRow, other] : [other, oursOneRow];
+    return compare(
+      feature,
+      [oursOneRow, other],
+      [
+        ratio(`one-row GET req/s, ${feature} on / off`, on.name, off.name, 'requestsPerSecond'),
+        ratio(`one-row GET p50, ${feature} on / off`, on.name, off.name, 'p50Ms'),
+        ratio(`one-row GET ${cpuName}, ${feature} on / off`, on.name, off.name, cpuMetric),
+      ],
+    );
+  };
+
   // What the rate limiter costs a request: the same GET with a limit no run reaches (one upsert per request).
   const services: ExtraService[] = [{ name: 'rate-limited', env: { RATE_LIMIT_PER_MINUTE: '1000000000' } }];
   const limited = side('one-row GET, rate limiter on', 'rate-limited', [oneRow]);
-  list.push(
-    compare(
-      'rate limiter',
-      [oursOneRow, limited],
-      [
-        ratio('one-row GET req/s, rate limiter on / off', limited.name, oursOneRow.name, 'requestsPerSecond'),
-        ratio('one-row GET p50, rate limiter on / off', limited.name, oursOneRow.name, 'p50Ms'),
-        ratio('one-row GET CPU per request (service + PostgreSQL), rate limiter on / off', limited.name, oursOneRow.name, 'cpuUsPerRequest'),
-      ],
-    ),
-  );
+  list.push(featureCost('rate limiter', limited, false, ['CPU per request (service + PostgreSQL)', 'cpuUsPerRequest']));
 
   // Issue 11: what the /metrics collection costs a request: the same GET on a second service with
   // METRICS=0 (no collection middleware, no /metrics route; checked when it starts).
@@ -281,17 +288,7 @@ export function scenarios(ctx: ScenarioContext): { services: ExtraService[]; com
     },
   });
   const unmetered = side('one-row GET, metrics off (METRICS=0)', 'no-metrics', [oneRow]);
-  list.push(
-    compare(
-      'metrics',
-      [oursOneRow, unmetered],
-      [
-        ratio('one-row GET req/s, metrics on / off', oursOneRow.name, unmetered.name, 'requestsPerSecond'),
-        ratio('one-row GET p50, metrics on / off', oursOneRow.name, unmetered.name, 'p50Ms'),
-        ratio('one-row GET service CPU per request, metrics on / off', oursOneRow.name, unmetered.name, 'serviceCpuUsPerRequest'),
-      ],
-    ),
-  );
+  list.push(featureCost('metrics', unmetered, true, ['service CPU per request', 'serviceCpuUsPerRequest']));
 
   const oursMixed = ours(`mixed 80% reads / 20% writes, ${settings.mixedConnections} conns`, mixed, {
     connections: settings.mixedConnections,
