@@ -12,6 +12,7 @@ import { loadSpec } from '../src/http/contract.js';
 import { readAnalytics } from '../src/resources/analytics.js';
 import { useTestApp } from './support/app.js';
 import { writeWhileChecking } from './support/halfway.js';
+import { attempt, createUser, deleteMany, deleteOne, deleteUser, nthSubscription, nthUser, pick, statement, updateManyOf, type Statement } from './support/sql-workload.js';
 
 type Analytics = components['schemas']['Analytics'];
 type Metrics = Omit<Analytics, 'as_of'>;
@@ -149,14 +150,6 @@ const cost = fc.oneof(
 );
 // Days from today: mostly inside the 12-month window, some before it, a few after it.
 const startOffset = fc.integer({ min: -450, max: 40 });
-const pick = fc.nat({ max: 1000 });
-
-// Picks the n-th user or subscription (mod the count), so generated indices always hit something.
-const nthUser = (param: string) => `(SELECT id FROM users ORDER BY id OFFSET ${param}::int % greatest((SELECT count(*) FROM users), 1) LIMIT 1)`;
-const nthSubscription = (param: string) => `(SELECT id FROM subscriptions ORDER BY id OFFSET ${param}::int % greatest((SELECT count(*) FROM subscriptions), 1) LIMIT 1)`;
-
-type Statement = { text: string; values: unknown[] };
-const statement = (text: string, ...values: unknown[]): Statement => ({ text, values });
 
 const bulkUpdates = [
   'UPDATE subscriptions SET plan_cost = plan_cost + 1.01 WHERE id % $1 = $2',
@@ -207,16 +200,7 @@ const updateOne = fc.record({ sub: pick, status, cost, start: startOffset, user:
     s.name ?? null,
   ),
 );
-const updateMany = fc
-  .record({ sql: fc.constantFrom(...bulkUpdates), mod: fc.integer({ min: 1, max: 4 }), rem: fc.nat({ max: 3 }) })
-  .map((s) => statement(s.sql, s.mod, s.rem % s.mod));
-const deleteOne = pick.map((sub) => statement(`DELETE FROM subscriptions WHERE id = ${nthSubscription('$1')}`, sub));
-const deleteMany = fc
-  .record({ mod: fc.integer({ min: 2, max: 5 }), rem: fc.nat({ max: 4 }) })
-  .map((s) => statement('DELETE FROM subscriptions WHERE id % $1 = $2', s.mod, s.rem % s.mod));
-// Cascades: the user's subscriptions go with it.
-const deleteUser = pick.map((user) => statement(`DELETE FROM users WHERE id = ${nthUser('$1')}`, user));
-const createUser = fc.nat().map((n) => statement("INSERT INTO users (name, email) VALUES ('User', 'user' || $1::text || '.' || nextval('users_id_seq') || '@example.com')", n));
+const updateMany = updateManyOf(bulkUpdates);
 
 const singleStatement: fc.Arbitrary<Statement> = fc.oneof(insertOne, insertMany, updateOne, updateMany, deleteOne, deleteMany, deleteUser, createUser);
 /**
@@ -235,24 +219,6 @@ const step: fc.Arbitrary<Step> = fc.oneof(
   },
   { weight: 1, arbitrary: fc.constant<Step>({ kind: 'truncate' }) },
 );
-
-/**
- * What PostgreSQL may answer a generated statement with, by design: a bulk `plan_cost + 1.01` can
- * overflow numeric(12, 2) (22003), and a constraint may refuse a row (23514). A refused statement
- * leaves nothing behind, and the aggregates must show exactly that.
- */
-const REFUSALS = new Set(['22003', '23514']);
-
-/** Runs one statement; false when PostgreSQL refused it for one of the REFUSALS. */
-async function attempt(client: pg.ClientBase, one: Statement): Promise<boolean> {
-  try {
-    await client.query(one.text, one.values);
-    return true;
-  } catch (err) {
-    if (REFUSALS.has((err as { code?: string }).code ?? '')) return false;
-    throw err;
-  }
-}
 
 /** Runs a step; returns how many statements PostgreSQL refused (a refusal aborts its transaction). */
 async function run(client: pg.ClientBase, s: Step): Promise<number> {

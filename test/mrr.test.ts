@@ -15,7 +15,6 @@
 import test, { type ExecutionContext } from 'ava';
 import fc from 'fast-check';
 import { sql, type Kysely } from 'kysely';
-import pg from 'pg';
 import type { components } from '../generated/api.js';
 import type { Database } from '../src/db/schema.js';
 import { seedDatabase } from '../src/db/seed.js';
@@ -23,6 +22,7 @@ import { readAnalytics } from '../src/resources/analytics.js';
 import { readAnalyticsAsOf, readMrrReport } from '../src/resources/mrr.js';
 import { useTestApp } from './support/app.js';
 import { writeWhileChecking } from './support/halfway.js';
+import { attempt, createUser, deleteMany, deleteOne, deleteUser, nthSubscription, nthUser, pick, statement, updateManyOf, type Statement } from './support/sql-workload.js';
 
 type Analytics = components['schemas']['Analytics'];
 type MrrReport = components['schemas']['MrrReport'];
@@ -255,12 +255,6 @@ const cost = fc.oneof(
   fc.constantFrom('0.00', '0.01', '9.99', '10.00', '19.99', '120.00', '1234.56'),
   fc.integer({ min: 0, max: 200_000 }).map((c) => (c / 100).toFixed(2)),
 );
-const pick = fc.nat({ max: 1000 });
-const nthUser = (p: string) => `(SELECT id FROM users ORDER BY id OFFSET ${p}::int % greatest((SELECT count(*) FROM users), 1) LIMIT 1)`;
-const nthSubscription = (p: string) => `(SELECT id FROM subscriptions ORDER BY id OFFSET ${p}::int % greatest((SELECT count(*) FROM subscriptions), 1) LIMIT 1)`;
-
-type Statement = { text: string; values: unknown[] };
-const statement = (text: string, ...values: unknown[]): Statement => ({ text, values });
 
 const insertOne = fc.record({ user: pick, status, cost, period, start: fc.integer({ min: -450, max: 20 }) }).map((s) =>
   statement(
@@ -306,15 +300,7 @@ const bulkUpdates = [
   'UPDATE subscriptions SET user_id = (SELECT min(id) FROM users) WHERE id % $1 = $2',
   "UPDATE subscriptions SET status = 'active' WHERE id % $1 = $2",
 ];
-const updateMany = fc
-  .record({ sql: fc.constantFrom(...bulkUpdates), mod: fc.integer({ min: 1, max: 4 }), rem: fc.nat({ max: 3 }) })
-  .map((s) => statement(s.sql, s.mod, s.rem % s.mod));
-const deleteOne = pick.map((sub) => statement(`DELETE FROM subscriptions WHERE id = ${nthSubscription('$1')}`, sub));
-const deleteMany = fc
-  .record({ mod: fc.integer({ min: 2, max: 5 }), rem: fc.nat({ max: 4 }) })
-  .map((s) => statement('DELETE FROM subscriptions WHERE id % $1 = $2', s.mod, s.rem % s.mod));
-const deleteUser = pick.map((user) => statement(`DELETE FROM users WHERE id = ${nthUser('$1')}`, user));
-const createUser = fc.nat().map((n) => statement("INSERT INTO users (name, email) VALUES ('User', 'user' || $1::text || '.' || nextval('users_id_seq') || '@example.com')", n));
+const updateMany = updateManyOf(bulkUpdates);
 const renameUser = fc.record({ user: pick, n: fc.nat() }).map((s) => statement(`UPDATE users SET name = 'Renamed ' || $2::text WHERE id = ${nthUser('$1')}`, s.user, s.n));
 
 const oneStatement = fc.oneof(
@@ -347,18 +333,6 @@ const step: fc.Arbitrary<{ advance: number; ms: number; body: Step }> = fc
     ),
   )
   .map(([t, body]) => ({ advance: t.advance, ms: t.ms, body: { days: 0, ms: t.ms, ...body } }));
-
-/** Refusals PostgreSQL may answer a generated statement with, leaving nothing behind: overflow, CHECK. */
-const REFUSALS = new Set(['22003', '23514']);
-async function attempt(client: pg.ClientBase, one: Statement): Promise<boolean> {
-  try {
-    await client.query(one.text, one.values);
-    return true;
-  } catch (err) {
-    if (REFUSALS.has((err as { code?: string }).code ?? '')) return false;
-    throw err;
-  }
-}
 
 const DAY = 86_400_000;
 
