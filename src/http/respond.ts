@@ -23,7 +23,11 @@ function sendJson(ctx: AppContext, status: number, json: string): void {
 
 /** Sends one object with its ETag (and Location for a 201); a matching If-None-Match on GET or HEAD is a 304. */
 export function sendObject(ctx: AppContext, status: 200 | 201, representation: object, location?: string): void {
-  const json = JSON.stringify(representation);
+  sendJsonText(ctx, status, JSON.stringify(representation), location);
+}
+
+/** sendObject for a representation that PostgreSQL already wrote as JSON text (sent as it is). */
+export function sendJsonText(ctx: AppContext, status: 200 | 201, json: string, location?: string): void {
   const etag = etagOfJson(json);
   ctx.set('ETag', etag);
   if (location) ctx.set('Location', location);

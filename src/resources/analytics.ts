@@ -6,8 +6,8 @@ import type { Database, SubscriptionStatus } from '../db/schema.js';
 import type { Deps } from '../deps.js';
 import { formatMoney } from '../money.js';
 import type { OperationHandlers } from '../http/operation.js';
-import { sendObject } from '../http/respond.js';
-import { readAnalyticsAsOf } from './mrr.js';
+import { sendJsonText, sendObject } from '../http/respond.js';
+import { readAnalyticsAsOfJson } from './mrr.js';
 
 type Analytics = components['schemas']['Analytics'];
 export type AnalyticsSource = 'aggregates' | 'base_tables';
@@ -201,7 +201,8 @@ export function analyticsHandlers(_deps: Deps) {
   return {
     async getAnalytics({ query, ctx, db }) {
       const source = query.source ?? 'aggregates';
-      sendObject(ctx, 200, query.as_of === undefined ? await readAnalytics(db, source) : await readAnalyticsAsOf(db, query.as_of, source));
+      if (query.as_of === undefined) sendObject(ctx, 200, await readAnalytics(db, source));
+      else sendJsonText(ctx, 200, await readAnalyticsAsOfJson(db, query.as_of, source));
     },
   } satisfies Partial<OperationHandlers>;
 }
