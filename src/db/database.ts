@@ -1,6 +1,7 @@
 import { Kysely, PostgresDialect } from 'kysely';
 import pg from 'pg';
-import { preparingClient } from './prepared.js';
+import { preparingClient, registerPool } from './prepared.js';
+import { DatabaseUnavailableError } from './unavailable.js';
 import type { Database } from './schema.js';
 
 // How values cross from PostgreSQL into TypeScript, decided once:
@@ -15,14 +16,6 @@ const types = {
     return pg.types.getTypeParser(oid, format as 'text');
   },
 } as pg.CustomTypesConfig;
-
-/** No connection could be had: the server is down, refusing, or the pool is exhausted. */
-export class DatabaseUnavailableError extends Error {
-  constructor(readonly reason: unknown) {
-    super(`database unavailable: ${reason instanceof Error ? reason.message : String(reason)}`);
-    this.name = 'DatabaseUnavailableError';
-  }
-}
 
 export interface PoolOptions {
   max?: number;
@@ -60,6 +53,7 @@ export function openDatabase(connectionString: string, options: PoolOptions = {}
       throw new DatabaseUnavailableError(err);
     });
   const db = new Kysely<Database>({ dialect: new PostgresDialect({ pool: { connect, end: () => pool.end() } }) });
+  registerPool(db, pool);
   return { db, pool, close: () => db.destroy() };
 }
 

@@ -1,4 +1,4 @@
-import { DatabaseUnavailableError } from '../db/database.js';
+import { DatabaseUnavailableError } from '../db/unavailable.js';
 import { ConflictError, InvalidInputError, NotFoundError, StaleVersionError } from '../errors.js';
 import { ApiError, badRequest, conflict, unavailable, type FieldError } from './problem.js';
 

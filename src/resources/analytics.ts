@@ -1,7 +1,7 @@
 import { sql, type CompiledQuery, type InferResult, type Kysely } from 'kysely';
 import { jsonArrayFrom, jsonBuildObject } from 'kysely/helpers/postgres';
 import type { components } from '../../generated/api.js';
-import { prepareOnEachConnection } from '../db/prepared.js';
+import { runPrepared } from '../db/prepared.js';
 import type { Database, SubscriptionStatus } from '../db/schema.js';
 import type { Deps } from '../deps.js';
 import { formatMoney } from '../money.js';
@@ -171,12 +171,9 @@ const compiled = new Map<AnalyticsSource, CompiledQuery<AnalyticsRow>>();
 /** All metrics in one statement (one round trip, one snapshot), read from `source`. */
 export async function readAnalytics(db: Kysely<Database>, source: AnalyticsSource): Promise<Analytics> {
   let query = compiled.get(source);
-  if (!query) {
-    compiled.set(source, (query = analyticsQuery(db, source).compile()));
-    // Parsing and planning this many CTEs costs several times running them on the aggregates.
-    prepareOnEachConnection(query.sql);
-  }
-  const row = (await db.executeQuery(query)).rows[0];
+  // Parsing and planning this many CTEs costs several times running them on the aggregates: prepared.
+  if (!query) compiled.set(source, (query = analyticsQuery(db, source).compile()));
+  const [row] = await runPrepared<AnalyticsRow>(db, query.sql, query.parameters);
   if (!row) throw new Error('the analytics query returned no row');
   const byStatus = new Map(row.by_status.map((s) => [s.status, s]));
   return {

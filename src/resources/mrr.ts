@@ -5,9 +5,9 @@
  * the events table alone. The SQL lives in the migration as functions (the top-users threshold
  * scan is a loop); here it is called once per request through a statement prepared on each connection.
  */
-import { CompiledQuery, type Kysely } from 'kysely';
+import type { Kysely } from 'kysely';
 import type { components } from '../../generated/api.js';
-import { prepareOnEachConnection } from '../db/prepared.js';
+import { runPrepared } from '../db/prepared.js';
 import type { Database } from '../db/schema.js';
 import type { Deps } from '../deps.js';
 import { InvalidInputError } from '../errors.js';
@@ -27,7 +27,6 @@ const MAX_MONTHS = 120;
  */
 const REPORT_SQL = 'SELECT history_mrr_report_text($1::date, $2::date, $3::boolean) AS document';
 const AS_OF_SQL = 'SELECT history_analytics_text($1::timestamptz, $2::boolean) AS document';
-for (const text of [REPORT_SQL, AS_OF_SQL]) prepareOnEachConnection(text);
 
 /** `YYYY-MM` as a month index (months since year 0), and back. */
 const monthIndex = (ym: string) => Number(ym.slice(0, 4)) * 12 + Number(ym.slice(5, 7)) - 1;
@@ -47,10 +46,9 @@ export function reportMonths(query: { from?: string; to?: string }, now = new Da
 }
 
 async function document(db: Kysely<Database>, text: string, parameters: unknown[], what: string): Promise<string> {
-  const { rows } = await db.executeQuery(CompiledQuery.raw(text, parameters) as CompiledQuery<{ document: string | null }>);
-  const json = rows[0]?.document;
-  if (!json) throw new Error(`${what} returned no document`);
-  return json;
+  const [row] = await runPrepared<{ document: string | null }>(db, text, parameters);
+  if (!row?.document) throw new Error(`${what} returned no document`);
+  return row.document;
 }
 
 /** GET /api/analytics/mrr's body, as JSON text. */
