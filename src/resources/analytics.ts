@@ -1,12 +1,10 @@
-import { sql, type CompiledQuery, type InferResult, type Kysely } from 'kysely';
-import { jsonArrayFrom, jsonBuildObject } from 'kysely/helpers/postgres';
+import { sql, type CompiledQuery, type InferResult, type Kysely, type RawBuilder } from 'kysely';
 import type { components } from '../../generated/api.js';
 import { runPrepared } from '../db/prepared.js';
 import type { Database, SubscriptionStatus } from '../db/schema.js';
 import type { Deps } from '../deps.js';
-import { formatMoney } from '../money.js';
 import type { OperationHandlers } from '../http/operation.js';
-import { sendJsonText, sendObject } from '../http/respond.js';
+import { sendJsonText } from '../http/respond.js';
 import { readAnalyticsAsOfJson } from './mrr.js';
 
 type Analytics = components['schemas']['Analytics'];
@@ -21,6 +19,11 @@ const STATUSES = Object.keys({
   canceled: 0,
   expired: 0,
 } satisfies Record<SubscriptionStatus, 0>) as SubscriptionStatus[];
+
+/** A money value (numeric, or nothing for an empty sum) as the API writes it: two-decimal text. */
+const money = (value: RawBuilder<unknown>) => sql<string>`coalesce(${value}, 0)::numeric(30, 2)::text`;
+/** The rows' JSON elements joined as one compact JSON array (json_agg would add blanks and line breaks). */
+const jsonArray = (element: RawBuilder<unknown>, orderBy: RawBuilder<unknown>) => sql`('[' || coalesce(string_agg(${element}::text, ',' ORDER BY ${orderBy}), '') || ']')::json`;
 
 /**
  * The three inputs every metric is derived from, from either source, each a small CTE: count and
@@ -106,7 +109,7 @@ export function analyticsQuery(db: Kysely<Database>, source: AnalyticsSource) {
               .where('status', '=', sql.lit('active'))
               .select(sql<string>`coalesce(sum(CASE billing_period WHEN 'year' THEN round(plan_cost / 12, 2) ELSE plan_cost END), 0)`.as('total')),
       )
-      // Every scalar metric and by_status in one pass over the (at most six) per-status rows.
+      // Every scalar metric in one pass over the (at most six) per-status rows.
       .with('summary', (qc) =>
         qc.selectFrom('status_totals').select((eb) => {
           const active = eb('status', '=', sql.lit('active'));
@@ -119,48 +122,45 @@ export function analyticsQuery(db: Kysely<Database>, source: AnalyticsSource) {
             sql<string | null>`round(sum(revenue) / nullif(sum(subscription_count), 0), 2)`.as('average_subscription_cost'),
             sql<string>`(SELECT total FROM mrr_total)`.as('mrr'),
             sql<string>`${activeSum('monthly_plans')} * 12 + ${activeSum('yearly_plans')}`.as('arr'),
-            // Money crosses into JSON as text: a JSON number would become a float in JavaScript.
-            eb.fn
-              .coalesce(
-                eb.fn.agg<Array<{ status: SubscriptionStatus; count: number; revenue: string }>>('json_agg', [
-                  jsonBuildObject({
-                    status: eb.ref('status'),
-                    count: eb.cast<number>('subscription_count', 'bigint'),
-                    revenue: eb.cast<string>('revenue', 'text'),
-                  }),
-                ]),
-                sql<[]>`'[]'`,
-              )
-              .as('by_status'),
           ];
         }),
       )
-      .selectFrom(['bounds', 'summary'])
-      .select((eb) => [
-        'bounds.as_of',
-        eb.cast<string>('summary.subscription_count', 'bigint').as('subscription_count'),
-        eb.cast<string>('summary.active_subscription_count', 'bigint').as('active_subscription_count'),
-        eb.cast<string | null>('summary.total_recurring_revenue', 'text').as('total_recurring_revenue'),
-        eb.cast<string | null>('summary.average_subscription_cost', 'text').as('average_subscription_cost'),
-        eb.cast<string>('summary.mrr', 'text').as('mrr'),
-        eb.cast<string>('summary.arr', 'text').as('arr'),
-        'summary.by_status',
-        jsonArrayFrom(
-          eb
-            .selectFrom(sql<{ month: string }>`generate_series(bounds.first_month, bounds.last_month, interval '1 month')`.as('month'))
-            .leftJoin('month_totals', (join) => join.onRef('month_totals.month', '=', sql`month.month::date`))
-            .select([sql<string>`to_char(month.month, 'YYYY-MM')`.as('month'), sql<string | null>`month_totals.revenue::text`.as('revenue')])
-            .orderBy('month.month'),
-        ).as('monthly_revenue'),
-        jsonArrayFrom(
-          eb
-            .selectFrom('user_totals')
-            .innerJoin('users', 'users.id', 'user_totals.user_id')
-            .select(['user_totals.user_id', 'users.name', 'users.email', sql<string>`user_totals.total::text`.as('total_value')])
-            .orderBy('user_totals.total', 'desc')
-            .orderBy('user_totals.user_id'),
-        ).as('top_users'),
-      ])
+      // The response body itself, in its field order (readAnalytics sends it as it is): row_to_json
+      // writes compact JSON named by the columns and by migration 0019's element types; money as
+      // two-decimal text (a JSON number would become a float in JavaScript), by_status in the
+      // spec's status order with a zero for a status no subscription has.
+      .selectFrom((eb) =>
+        eb
+          .selectFrom(['bounds', 'summary'])
+          .select([
+            sql<string>`to_char(bounds.as_of AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')`.as('as_of'),
+            money(sql.ref('summary.total_recurring_revenue')).as('total_recurring_revenue'),
+            money(sql.ref('summary.average_subscription_cost')).as('average_subscription_cost'),
+            sql<string>`(SELECT ${jsonArray(
+              sql`row_to_json(ROW(to_char(month.month, 'YYYY-MM'), ${money(sql.ref('month_totals.revenue'))})::history_json_month)`,
+              sql`month.month`,
+            )}
+              FROM generate_series(bounds.first_month, bounds.last_month, interval '1 month') AS month (month)
+              LEFT JOIN month_totals ON month_totals.month = month.month::date)`.as('monthly_revenue'),
+            sql<string>`(SELECT ${jsonArray(
+              sql`row_to_json(ROW(user_totals.user_id, users.name, users.email, ${money(sql.ref('user_totals.total'))})::history_json_top_user)`,
+              sql`user_totals.total DESC, user_totals.user_id`,
+            )}
+              FROM user_totals JOIN users ON users.id = user_totals.user_id)`.as('top_users'),
+            sql<string>`summary.subscription_count::bigint`.as('subscription_count'),
+            sql<string>`summary.active_subscription_count::bigint`.as('active_subscription_count'),
+            sql<string>`(SELECT ${jsonArray(
+              sql`row_to_json(ROW(s.status, coalesce(t.subscription_count, 0)::bigint, ${money(sql.ref('t.revenue'))})::history_json_status)`,
+              sql`s.position`,
+            )}
+              FROM unnest(ARRAY[${sql.join(STATUSES.map((status) => sql.lit(status)))}]::text[]) WITH ORDINALITY AS s (status, position)
+              LEFT JOIN status_totals t ON t.status = s.status)`.as('by_status'),
+            money(sql.ref('summary.mrr')).as('mrr'),
+            money(sql.ref('summary.arr')).as('arr'),
+          ])
+          .as('d'),
+      )
+      .select(sql<string>`row_to_json(d)::text`.as('document'))
   );
 }
 
@@ -168,37 +168,25 @@ type AnalyticsRow = InferResult<ReturnType<typeof analyticsQuery>>[number];
 /** The query takes no input: built and compiled once per source, then prepared on each connection. */
 const compiled = new Map<AnalyticsSource, CompiledQuery<AnalyticsRow>>();
 
-/** All metrics in one statement (one round trip, one snapshot), read from `source`. */
-export async function readAnalytics(db: Kysely<Database>, source: AnalyticsSource): Promise<Analytics> {
+/** All metrics in one statement (one round trip, one snapshot), read from `source`: the response body as JSON text. */
+export async function readAnalyticsJson(db: Kysely<Database>, source: AnalyticsSource): Promise<string> {
   let query = compiled.get(source);
   // Parsing and planning this many CTEs costs several times running them on the aggregates: prepared.
   if (!query) compiled.set(source, (query = analyticsQuery(db, source).compile()));
   const [row] = await runPrepared<AnalyticsRow>(db, query.sql, query.parameters);
   if (!row) throw new Error('the analytics query returned no row');
-  const byStatus = new Map(row.by_status.map((s) => [s.status, s]));
-  return {
-    as_of: row.as_of.toISOString(),
-    total_recurring_revenue: formatMoney(row.total_recurring_revenue),
-    average_subscription_cost: formatMoney(row.average_subscription_cost),
-    monthly_revenue: row.monthly_revenue.map((m) => ({ month: m.month, revenue: formatMoney(m.revenue) })),
-    top_users: row.top_users.map((u) => ({ user_id: u.user_id, name: u.name, email: u.email, total_value: formatMoney(u.total_value) })),
-    subscription_count: Number(row.subscription_count),
-    active_subscription_count: Number(row.active_subscription_count),
-    by_status: STATUSES.map((status) => ({
-      status,
-      count: byStatus.get(status)?.count ?? 0,
-      revenue: formatMoney(byStatus.get(status)?.revenue),
-    })),
-    mrr: formatMoney(row.mrr),
-    arr: formatMoney(row.arr),
-  };
+  return row.document;
+}
+
+export async function readAnalytics(db: Kysely<Database>, source: AnalyticsSource): Promise<Analytics> {
+  return JSON.parse(await readAnalyticsJson(db, source)) as Analytics;
 }
 
 export function analyticsHandlers(_deps: Deps) {
   return {
     async getAnalytics({ query, ctx, db }) {
       const source = query.source ?? 'aggregates';
-      if (query.as_of === undefined) sendObject(ctx, 200, await readAnalytics(db, source));
+      if (query.as_of === undefined) sendJsonText(ctx, 200, await readAnalyticsJson(db, source));
       else sendJsonText(ctx, 200, await readAnalyticsAsOfJson(db, query.as_of, source));
     },
   } satisfies Partial<OperationHandlers>;
