@@ -1,13 +1,13 @@
 /**
- * Metrics from history (migration 0010): GET /api/analytics/mrr, and GET /api/analytics?as_of=.
+ * Metrics from history (migrations 0010 and 0019): GET /api/analytics/mrr, and GET /api/analytics?as_of=.
  * Both read aggregates the database keeps in the same transaction as every change (a few hundred
  * small rows whatever the table size), or, with source=base_tables, compute the same answer from
  * the events table alone. The SQL lives in the migration as functions (the top-users threshold
  * scan is a loop); here it is called once per request through a statement prepared on each connection.
  */
-import type { Kysely } from 'kysely';
+import { sql, type Kysely } from 'kysely';
 import type { components } from '../../generated/api.js';
-import { runPrepared } from '../db/prepared.js';
+import { preparedQuery } from '../db/prepared.js';
 import type { Database } from '../db/schema.js';
 import type { Deps } from '../deps.js';
 import { InvalidInputError } from '../errors.js';
@@ -24,9 +24,14 @@ const MAX_MONTHS = 120;
 /**
  * Migration 0019: both documents as the JSON text the API sends, written by PostgreSQL in the
  * response's field order (the service neither parses nor serializes them), from either source.
+ * Built by Kysely once with placeholder values, then prepared and run with each request's.
  */
-const REPORT_SQL = 'SELECT history_mrr_report_text($1::date, $2::date, $3::boolean) AS document';
-const AS_OF_SQL = 'SELECT history_analytics_text($1::timestamptz, $2::boolean) AS document';
+const reportDocument = preparedQuery((db) =>
+  db.selectNoFrom(sql<string | null>`history_mrr_report_text(${'2000-01-01'}::date, ${'2000-01-01'}::date, ${false}::boolean)`.as('document')),
+);
+const asOfDocument = preparedQuery((db) =>
+  db.selectNoFrom(sql<string | null>`history_analytics_text(${'2000-01-01T00:00:00.000Z'}::timestamptz, ${false}::boolean)`.as('document')),
+);
 
 /** `YYYY-MM` as a month index (months since year 0), and back. */
 const monthIndex = (ym: string) => Number(ym.slice(0, 4)) * 12 + Number(ym.slice(5, 7)) - 1;
@@ -45,8 +50,8 @@ export function reportMonths(query: { from?: string; to?: string }, now = new Da
   return { from: `${monthText(from)}-01`, to: `${monthText(to)}-01` };
 }
 
-async function document(db: Kysely<Database>, text: string, parameters: unknown[], what: string): Promise<string> {
-  const [row] = await runPrepared<{ document: string | null }>(db, text, parameters);
+async function document(rows: Promise<Array<{ document: string | null }>>, what: string): Promise<string> {
+  const [row] = await rows;
   if (!row?.document) throw new Error(`${what} returned no document`);
   return row.document;
 }
@@ -54,7 +59,7 @@ async function document(db: Kysely<Database>, text: string, parameters: unknown[
 /** GET /api/analytics/mrr's body, as JSON text. */
 export async function readMrrReportJson(db: Kysely<Database>, query: { from?: string; to?: string }, source: AnalyticsSource): Promise<string> {
   const { from, to } = reportMonths(query);
-  return document(db, REPORT_SQL, [from, to, source === 'base_tables'], 'history_mrr_report_text');
+  return document(reportDocument(db, [from, to, source === 'base_tables']), 'history_mrr_report_text');
 }
 
 export async function readMrrReport(db: Kysely<Database>, query: { from?: string; to?: string }, source: AnalyticsSource): Promise<MrrReport> {
@@ -67,7 +72,7 @@ export async function readAnalyticsAsOfJson(db: Kysely<Database>, asOf: string, 
   if (Number.isNaN(instant.getTime()) || instant.getTime() > Date.now()) {
     throw new InvalidInputError('as_of is in the future', [{ parameter: 'as_of', message: 'must be an instant not after now' }]);
   }
-  return document(db, AS_OF_SQL, [instant.toISOString(), source === 'base_tables'], 'history_analytics_text');
+  return document(asOfDocument(db, [instant.toISOString(), source === 'base_tables']), 'history_analytics_text');
 }
 
 export async function readAnalyticsAsOf(db: Kysely<Database>, asOf: string, source: AnalyticsSource): Promise<Analytics> {
