@@ -125,7 +125,7 @@ export function analyticsQuery(db: Kysely<Database>, source: AnalyticsSource) {
           ];
         }),
       )
-      // The response body itself, in its field order (readAnalytics sends it as it is): row_to_json
+      // The response body itself, in its field order (the handler sends it as it is): row_to_json
       // writes compact JSON named by the columns and by migration 0019's element types; money as
       // two-decimal text (a JSON number would become a float in JavaScript), by_status in the
       // spec's status order with a zero for a status no subscription has.
