@@ -3,6 +3,7 @@ import zlib from 'node:zlib';
 import test from 'ava';
 import { loadSpec } from '../src/http/contract.js';
 import { TEST_API_KEY, useTestApp } from './support/app.js';
+import { waitFor } from './support/service-process.js';
 
 // The webhook endpoint below points at loopback, which only WEBHOOK_ALLOW_PRIVATE permits.
 const app = useTestApp(test, { WEBHOOK_ALLOW_PRIVATE: '1' });
@@ -15,12 +16,18 @@ async function getPathsOfTheSpec(): Promise<string[]> {
     body: { user_id: user!.id, status: 'active', plan_cost: '9.99', start_date: '2025-01-15', feature_ids: [feature!.id] },
   });
   const { data: endpoint } = await app.client.POST('/webhook-endpoints', { body: { url: 'http://127.0.0.1:9/hooks', event_types: ['user.deleted'] } });
-  const { data: events } = await app.client.GET('/events', { params: { query: { limit: 1 } } });
+  // The feed serves an event once no transaction older than it is in flight (the service's own
+  // background work included): under load the events just written can take a moment to appear.
+  let eventId: number | undefined;
+  await waitFor('an event in the feed', async () => {
+    eventId = (await app.client.GET('/events', { params: { query: { limit: 1 } } })).data?.data[0]?.id;
+    return eventId !== undefined;
+  });
   const ids: Record<string, number | string> = {
     users: user!.id,
     subscriptions: subscription!.id,
     features: feature!.id,
-    events: events!.data[0]!.id,
+    events: eventId!,
     'webhook-endpoints': endpoint!.id,
   };
   const paths = loadSpec().document.paths as Record<string, Record<string, unknown>>;
