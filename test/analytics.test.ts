@@ -99,6 +99,16 @@ async function assertExactInOneSnapshot(): Promise<string> {
 
 const reset = () => app.database.pool.query('TRUNCATE users RESTART IDENTITY CASCADE');
 
+/**
+ * GET /api/analytics (from the aggregates: the document the service kept, when migration 0023's key
+ * says it is still the answer) against plain SQL read after it. For a caller that is the only writer.
+ */
+async function assertAnswerExact(label: string): Promise<void> {
+  const answer = withoutAsOf(await getAnalytics());
+  const expected = await plainMetrics(app.database.db);
+  if (JSON.stringify(answer) !== JSON.stringify(expected)) throw new Error(`${label}: the answer differs:\n${JSON.stringify({ expected, answer }, null, 1)}`);
+}
+
 test.serial('an empty database answers zeros, 12 zero months ending this UTC month, both sources, with or without the trailing slash', async (t) => {
   await reset();
   for (const url of ['/api/analytics', '/api/analytics/', '/api/analytics?source=base_tables', '/api/analytics/?source=aggregates']) {
@@ -257,7 +267,11 @@ test.serial('after random inserts, updates, deletes, cascades, bulk statements a
       fc.asyncProperty(fc.array(step, { minLength: 1, maxLength: 30 }), async (steps) => {
         await reset();
         await client.query("INSERT INTO users (name, email) SELECT 'User ' || i, 'seed' || i || '@example.com' FROM generate_series(1, 8) i");
-        for (const s of steps) refused += await run(client, s);
+        for (const s of steps) {
+          refused += await run(client, s);
+          // After every step: the service's kept document is sent again only while it is the answer.
+          await assertAnswerExact(`after ${JSON.stringify(s)}`);
+        }
         await assertExactInOneSnapshot();
       }),
       { numRuns: 60, examples: [[overflowExample]] },
@@ -350,6 +364,91 @@ test.serial('many parallel writers through the API: no 5xx (a deadlock would be 
   const final = await getAnalytics();
   t.true(final.subscription_count > 0);
   await assertExact(t, 'after the concurrent API workload');
+});
+
+// ---- the kept document (migration 0023) ------------------------------------------------------
+
+test.serial('the service sends its kept document again only while it is the answer: names, emails, mrr rounding, repairs, truncates', async (t) => {
+  await reset();
+  const pool = app.database.pool;
+  await pool.query("INSERT INTO users (name, email) SELECT 'User ' || i, 'k' || i || '@example.com' FROM generate_series(1, 8) i");
+  await pool.query(
+    `INSERT INTO subscriptions (user_id, status, plan_cost, billing_period, start_date)
+     SELECT 1 + i % 7, (ARRAY['active','canceled','trialing'])[1 + i % 3], i * 3.75, 'month', current_date - i * 9 FROM generate_series(1, 60) i`,
+  );
+  await assertAnswerExact('first');
+  const kept = withoutAsOf(await getAnalytics());
+
+  // It is kept: a change that bypasses every trigger (so no version moves) is not in the answer,
+  // although a fresh computation shows it.
+  const bypass = await pool.connect();
+  try {
+    await bypass.query('SET session_replication_role = replica');
+    await bypass.query("UPDATE analytics_status_totals SET plan_cost_sum = plan_cost_sum + 100 WHERE status = 'active'");
+  } finally {
+    await bypass.query('RESET session_replication_role');
+    bypass.release();
+  }
+  t.notDeepEqual(withoutAsOf(await readAnalytics(app.database.db, 'aggregates')), kept, 'the aggregates did change');
+  t.deepEqual(withoutAsOf(await getAnalytics()), kept, 'the kept document was sent');
+  // A repair writes the aggregates outside the triggers: the maintenance version moves.
+  await pool.query('SELECT analytics_rebuild()');
+  await assertAnswerExact('after analytics_rebuild()');
+
+  // A new name or email moves a version too (a trigger on users), through SQL and through the API.
+  const [top] = (await getAnalytics()).top_users;
+  await pool.query("UPDATE users SET name = 'Renamed' WHERE id = $1", [top!.user_id]);
+  await assertAnswerExact('after renaming the top user');
+  t.is((await getAnalytics()).top_users[0]!.name, 'Renamed');
+  const { response } = await app.client.PATCH('/users/{id}', { params: { path: { id: top!.user_id } }, body: { email: 'moved@example.com' } });
+  t.is(response.status, 200);
+  t.is((await getAnalytics()).top_users[0]!.email, 'moved@example.com');
+  await assertAnswerExact('after a new email for the top user');
+
+  // Two yearly plans of one user in the same month trade cents: every analytics aggregate nets to
+  // nothing, but mrr (each yearly plan's round(cost / 12, 2)) changes: 0.01 + 0.02 -> 0.01 + 0.01.
+  const {
+    rows: [pair],
+  } = await pool.query<{ ids: string[] }>(
+    `WITH added AS (INSERT INTO subscriptions (user_id, status, plan_cost, billing_period, start_date)
+                    VALUES (8, 'active', 0.06, 'year', current_date), (8, 'active', 0.18, 'year', current_date) RETURNING id)
+     SELECT array_agg(id) AS ids FROM added`,
+  );
+  await assertAnswerExact('after the two yearly plans');
+  const mrrBefore = (await getAnalytics()).mrr;
+  await pool.query('UPDATE subscriptions SET plan_cost = 0.12 WHERE id = ANY ($1::bigint[])', [pair!.ids]);
+  await assertAnswerExact('after the yearly plans traded cents');
+  t.not((await getAnalytics()).mrr, mrrBefore, 'mrr moved while the analytics aggregates did not');
+
+  // What a write through the API pays: one bump for a new subscription (the history's aggregates,
+  // written by the trigger on events, add none), none for a change of a column no document reads.
+  const versions = async () => Number((await pool.query<{ n: string }>('SELECT sum(version) AS n FROM analytics_versions')).rows[0]!.n);
+  let before = await versions();
+  const created = await app.client.POST('/subscriptions', { body: { user_id: 2, status: 'active', plan_cost: '12.50', start_date: new Date().toISOString().slice(0, 10) } });
+  t.is(created.response.status, 201);
+  t.is((await versions()) - before, 1, 'one bump for an insert');
+  before = await versions();
+  t.is((await app.client.PATCH('/subscriptions/{id}', { params: { path: { id: created.data!.id } }, body: { plan_name: 'Other name' } })).response.status, 200);
+  t.is(await versions(), before, 'no bump for a new plan name');
+  await assertAnswerExact('after the writes through the API');
+
+  // The versions' rows cannot go (a slot without its row would bump nothing).
+  await t.throwsAsync(pool.query('DELETE FROM analytics_versions WHERE slot = 0'), { message: /never deleted/ });
+  await t.throwsAsync(pool.query('TRUNCATE analytics_versions'), { message: /never deleted/ });
+
+  // A rolled-back change leaves the answer as it was; a truncate empties it.
+  const rolledBack = await pool.connect();
+  try {
+    await rolledBack.query('BEGIN');
+    await rolledBack.query("UPDATE subscriptions SET status = 'expired'");
+    await rolledBack.query('ROLLBACK');
+  } finally {
+    rolledBack.release();
+  }
+  await assertAnswerExact('after a rollback');
+  await pool.query('TRUNCATE subscriptions CASCADE');
+  await assertAnswerExact('after a truncate');
+  t.is((await getAnalytics()).subscription_count, 0);
 });
 
 // ---- reconcile -------------------------------------------------------------------------------

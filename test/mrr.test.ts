@@ -368,6 +368,10 @@ test.serial('after random writes over 14 months (some recorded back in time), th
               for (const one of body.statements) if (ok) ok = await attempt(client, one);
               await client.query(ok && body.commit ? 'COMMIT' : 'ROLLBACK');
             }
+            // The service's kept report (src/resources/kept.ts) is sent again only while it is the report.
+            const served = (await app.client.GET('/analytics/mrr', { params: { query: { from, to } } })).data!.months;
+            const computed = (await readMrrReport(app.database.db, { from, to }, 'base_tables')).months;
+            if (JSON.stringify(served) !== JSON.stringify(computed)) throw new Error(`after ${JSON.stringify(body)}: ${JSON.stringify({ served, computed })}`);
           }
           await client.query("SET test.occurred_at = ''");
           // Instants: the recorded ones (where ties and carries are), and random ones across the span.

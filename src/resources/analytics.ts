@@ -5,6 +5,7 @@ import type { Database, SubscriptionStatus } from '../db/schema.js';
 import type { Deps } from '../deps.js';
 import type { OperationHandlers } from '../http/operation.js';
 import { sendJsonText } from '../http/respond.js';
+import { documentKey, keptDocuments } from './kept.js';
 import { readAnalyticsAsOfJson } from './mrr.js';
 
 type Analytics = components['schemas']['Analytics'];
@@ -160,7 +161,11 @@ export function analyticsQuery(db: Kysely<Database>, source: AnalyticsSource) {
           ])
           .as('d'),
       )
-      .select(sql<string>`row_to_json(d)::text`.as('document'))
+      .select([
+        sql<string>`row_to_json(d)::text`.as('document'),
+        // What a later request compares to send this document again (kept.ts), read in the same snapshot.
+        documentKey.as('key'),
+      ])
   );
 }
 
@@ -168,25 +173,36 @@ type AnalyticsRow = InferResult<ReturnType<typeof analyticsQuery>>[number];
 /** The query takes no input: built and compiled once per source, then prepared on each connection. */
 const compiled = new Map<AnalyticsSource, CompiledQuery<AnalyticsRow>>();
 
-/** All metrics in one statement (one round trip, one snapshot), read from `source`: the response body as JSON text. */
-export async function readAnalyticsJson(db: Kysely<Database>, source: AnalyticsSource): Promise<string> {
+/** All metrics in one statement (one round trip, one snapshot), read from `source`: the response body as JSON text, and its key (kept.ts). */
+async function computeAnalytics(db: Kysely<Database>, source: AnalyticsSource): Promise<AnalyticsRow> {
   let query = compiled.get(source);
   // Parsing and planning this many CTEs costs several times running them on the aggregates: prepared.
   if (!query) compiled.set(source, (query = analyticsQuery(db, source).compile()));
   const [row] = await runPrepared<AnalyticsRow>(db, query.sql, query.parameters);
   if (!row) throw new Error('the analytics query returned no row');
-  return row.document;
+  return row;
+}
+
+export async function readAnalyticsJson(db: Kysely<Database>, source: AnalyticsSource): Promise<string> {
+  return (await computeAnalytics(db, source)).document;
 }
 
 export async function readAnalytics(db: Kysely<Database>, source: AnalyticsSource): Promise<Analytics> {
   return JSON.parse(await readAnalyticsJson(db, source)) as Analytics;
 }
 
-export function analyticsHandlers(_deps: Deps) {
+export function analyticsHandlers(deps: Deps) {
+  // One document: it has no parameters.
+  const fromAggregates = keptDocuments(
+    deps.db,
+    (db) => computeAnalytics(db, 'aggregates'),
+    () => '',
+    1,
+  );
   return {
     async getAnalytics({ query, ctx, db }) {
       const source = query.source ?? 'aggregates';
-      if (query.as_of === undefined) sendJsonText(ctx, 200, await readAnalyticsJson(db, source));
+      if (query.as_of === undefined) sendJsonText(ctx, 200, source === 'aggregates' ? await fromAggregates(db, undefined) : await readAnalyticsJson(db, source));
       else sendJsonText(ctx, 200, await readAnalyticsAsOfJson(db, query.as_of, source));
     },
   } satisfies Partial<OperationHandlers>;

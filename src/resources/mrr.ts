@@ -14,6 +14,7 @@ import { InvalidInputError } from '../errors.js';
 import type { OperationHandlers } from '../http/operation.js';
 import { sendJsonText } from '../http/respond.js';
 import type { AnalyticsSource } from './analytics.js';
+import { documentKey, keptDocuments } from './kept.js';
 
 type Analytics = components['schemas']['Analytics'];
 type MrrReport = components['schemas']['MrrReport'];
@@ -27,7 +28,11 @@ const MAX_MONTHS = 120;
  * Built by Kysely once with placeholder values, then prepared and run with each request's.
  */
 const reportDocument = preparedQuery((db) =>
-  db.selectNoFrom(sql<string | null>`history_mrr_report_text(${'2000-01-01'}::date, ${'2000-01-01'}::date, ${false}::boolean)`.as('document')),
+  db.selectNoFrom([
+    sql<string | null>`history_mrr_report_text(${'2000-01-01'}::date, ${'2000-01-01'}::date, ${false}::boolean)`.as('document'),
+    // What a later request compares to send this document again (kept.ts), read in the same snapshot.
+    documentKey.as('key'),
+  ]),
 );
 const asOfDocument = preparedQuery((db) =>
   db.selectNoFrom(sql<string | null>`history_analytics_text(${'2000-01-01T00:00:00.000Z'}::timestamptz, ${false}::boolean)`.as('document')),
@@ -56,10 +61,16 @@ async function document(rows: Promise<Array<{ document: string | null }>>, what:
   return row.document;
 }
 
+/** The report of these months (first days) from `source`, as JSON text, and its key (kept.ts). */
+async function computeReport(db: Kysely<Database>, months: { from: string; to: string }, source: AnalyticsSource): Promise<{ document: string; key: string }> {
+  const [row] = await reportDocument(db, [months.from, months.to, source === 'base_tables']);
+  if (!row?.document) throw new Error('history_mrr_report_text returned no document');
+  return { document: row.document, key: row.key };
+}
+
 /** GET /api/analytics/mrr's body, as JSON text. */
 export async function readMrrReportJson(db: Kysely<Database>, query: { from?: string; to?: string }, source: AnalyticsSource): Promise<string> {
-  const { from, to } = reportMonths(query);
-  return document(reportDocument(db, [from, to, source === 'base_tables']), 'history_mrr_report_text');
+  return (await computeReport(db, reportMonths(query), source)).document;
 }
 
 export async function readMrrReport(db: Kysely<Database>, query: { from?: string; to?: string }, source: AnalyticsSource): Promise<MrrReport> {
@@ -79,10 +90,19 @@ export async function readAnalyticsAsOf(db: Kysely<Database>, asOf: string, sour
   return JSON.parse(await readAnalyticsAsOfJson(db, asOf, source)) as Analytics;
 }
 
-export function mrrHandlers(_deps: Deps) {
+export function mrrHandlers(deps: Deps) {
+  // A report per range of months; a few ranges are asked for again and again (the last 12 months, most).
+  const fromAggregates = keptDocuments(
+    deps.db,
+    (db, months: { from: string; to: string }) => computeReport(db, months, 'aggregates'),
+    (m) => `${m.from} ${m.to}`,
+    32,
+  );
   return {
     async getMrrReport({ query, ctx, db }) {
-      sendJsonText(ctx, 200, await readMrrReportJson(db, query, query.source ?? 'aggregates'));
+      const months = reportMonths(query);
+      const source = query.source ?? 'aggregates';
+      sendJsonText(ctx, 200, source === 'aggregates' ? await fromAggregates(db, months) : (await computeReport(db, months, source)).document);
     },
   } satisfies Partial<OperationHandlers>;
 }
