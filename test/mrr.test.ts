@@ -36,8 +36,17 @@ const reset = async () => {
     `ALTER TABLE events ALTER occurred_at SET DEFAULT coalesce(nullif(current_setting('test.occurred_at', true), '')::timestamptz, date_trunc('milliseconds', now()))`,
   );
   await app.database.pool.query('TRUNCATE users RESTART IDENTITY CASCADE');
-  // A fresh history too: its aggregates follow (the TRUNCATE trigger on events).
-  await app.database.pool.query('TRUNCATE events CASCADE');
+  // A fresh history too: its aggregates follow (the TRUNCATE trigger on events). The service's
+  // webhook worker may hold webhook_deliveries while it waits to read events, the cascade's order
+  // reversed: PostgreSQL then aborts one of the two (40P01; seen once in CI), and this one tries again.
+  for (let attempt = 1; ; attempt++) {
+    try {
+      await app.database.pool.query('TRUNCATE events CASCADE');
+      return;
+    } catch (err) {
+      if ((err as { code?: string }).code !== '40P01' || attempt === 3) throw err;
+    }
+  }
 };
 
 // ---- the oracle -----------------------------------------------------------------------------
