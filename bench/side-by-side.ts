@@ -3,7 +3,8 @@
  * database (run make bench once first), wrk with 32 connections, rounds interleaved (the order
  * alternates), medians and ranges of p50, req/s and the service's CPU per request, and each
  * request's p50 over the one-row GET's per round. For a before/after of one change in one sitting,
- * where make bench's BENCH_BASELINE_REF compares only the one-row GET.
+ * where make bench's BENCH_BASELINE_REF compares only the one-row GET. AB_REQUESTS picks among
+ * analytics, user, mrr, mixed and written (below).
  *
  *   git worktree add /tmp/before <ref> && cp -a node_modules /tmp/before/   (a copy: never a symlink)
  *   AB_SIDES=before=/tmp/before,now=. AB_REQUESTS=analytics,mrr,user node --import tsx bench/side-by-side.ts
@@ -11,6 +12,7 @@
  * AB_SIZE (500000), AB_ROUNDS (3), AB_SECONDS (10); AB_PG_URL uses a running server instead of
  * starting the embedded one under DATA_DIR/bench-pg16. Each side's copy is made again on every run.
  */
+import fs from 'node:fs';
 import path from 'node:path';
 import pg from 'pg';
 import { loadConfig } from '../src/config.js';
@@ -18,7 +20,7 @@ import { startEmbeddedPostgres } from '../src/db/embedded.js';
 import { freePort } from '../src/free-port.js';
 import { embeddedSettings } from '../src/service.js';
 import { runLoad } from './load.js';
-import { get, int, t } from './requests.js';
+import { get, int, post, t, type BenchRequest } from './requests.js';
 import { requestHeaders, startService, treeCpuMs, type Server } from './servers.js';
 import { makefileNodeFlags } from './settings.js';
 
@@ -46,14 +48,31 @@ try {
   await copy.connect();
   const users = Number((await copy.query('SELECT max(id) AS n FROM users')).rows[0].n);
   await copy.end();
-  const requests: Record<string, ReturnType<typeof get>> = {
-    analytics: get(t`/api/analytics/`),
-    user: get(t`/api/users/${int(users)}`),
-    mrr: get(t`/api/analytics/mrr`),
+  const today = new Date().toISOString().slice(0, 10);
+  const newSubscription = post(t`/api/subscriptions`, t`{"user_id":${int(users)},"status":"active","plan_cost":"${int(200)}.99","start_date":"${today}"}`);
+  const oneUser = get(t`/api/users/${int(users)}`);
+  const analytics = get(t`/api/analytics/`);
+  // Lists of requests taken in turn; "mixed" is make bench's mix (a write among five), "written"
+  // a write before every analytics request (each one then finds its kept document out of date).
+  const requests: Record<string, BenchRequest[]> = {
+    analytics: [analytics],
+    user: [oneUser],
+    mrr: [get(t`/api/analytics/mrr`)],
+    mixed: [oneUser, analytics, newSubscription, get(t`/api/subscriptions?limit=50`), get(t`/api/subscriptions?user_id=${int(users)}`)],
+    written: [newSubscription, analytics],
   };
   for (const [side] of sides) {
     await admin.query(`DROP DATABASE IF EXISTS ab_${side} WITH (FORCE)`);
     await admin.query(`CREATE DATABASE ab_${side} TEMPLATE bench_${size} STRATEGY FILE_COPY`);
+    // AB_PREPARE_<side>=file.sql runs on that side's copy first (an older checkout's copy may need a
+    // newer migration undone: the file then also deletes its row from kysely_migration).
+    const prepare = process.env[`AB_PREPARE_${side}`];
+    if (prepare) {
+      const copy = new pg.Client({ connectionString: `${pgServer.adminUrl}/ab_${side}` });
+      await copy.connect();
+      await copy.query(fs.readFileSync(prepare, 'utf8'));
+      await copy.end();
+    }
   }
   await admin.end();
   for (const [side, dir] of sides) {
@@ -70,14 +89,14 @@ try {
   }
   // warm-up
   for (const { server } of servers)
-    for (const r of which) await runLoad('wrk', { url: server.url, requests: [requests[r]!], connections: 32, seconds: 3, headers: requestHeaders }, 1);
+    for (const r of which) await runLoad('wrk', { url: server.url, requests: requests[r]!, connections: 32, seconds: 3, headers: requestHeaders }, 1);
   const results: Record<string, Array<{ p50: number; rps: number; cpuUs: number }>> = {};
   for (let round = 0; round < rounds; round++) {
     const order = round % 2 === 0 ? servers : [...servers].reverse();
     for (const r of which) {
       for (const { side, server } of order) {
         const cpu0 = treeCpuMs(server.pid);
-        const res = await runLoad('wrk', { url: server.url, requests: [requests[r]!], connections: 32, seconds, headers: requestHeaders }, 1);
+        const res = await runLoad('wrk', { url: server.url, requests: requests[r]!, connections: 32, seconds, headers: requestHeaders }, 1);
         const cpu = treeCpuMs(server.pid) - cpu0;
         const key = `${side} ${r}`;
         (results[key] ??= []).push({ p50: res.p50Ms, rps: res.requestsPerSecond, cpuUs: (cpu * 1000) / res.requests });
