@@ -55,17 +55,16 @@ export function reportMonths(query: { from?: string; to?: string }, now = new Da
   return { from: `${monthText(from)}-01`, to: `${monthText(to)}-01` };
 }
 
-async function document(rows: Promise<Array<{ document: string | null }>>, what: string): Promise<string> {
+/** The statement's one row, whose document is there. */
+async function documentRow<Row extends { document: string | null }>(rows: Promise<Row[]>, what: string): Promise<Row & { document: string }> {
   const [row] = await rows;
   if (!row?.document) throw new Error(`${what} returned no document`);
-  return row.document;
+  return row as Row & { document: string };
 }
 
 /** The report of these months (first days) from `source`, as JSON text, and its key (kept.ts). */
 async function computeReport(db: Kysely<Database>, months: { from: string; to: string }, source: AnalyticsSource): Promise<{ document: string; key: string }> {
-  const [row] = await reportDocument(db, [months.from, months.to, source === 'base_tables']);
-  if (!row?.document) throw new Error('history_mrr_report_text returned no document');
-  return { document: row.document, key: row.key };
+  return documentRow(reportDocument(db, [months.from, months.to, source === 'base_tables']), 'history_mrr_report_text');
 }
 
 /** GET /api/analytics/mrr's body, as JSON text. */
@@ -83,7 +82,7 @@ export async function readAnalyticsAsOfJson(db: Kysely<Database>, asOf: string, 
   if (Number.isNaN(instant.getTime()) || instant.getTime() > Date.now()) {
     throw new InvalidInputError('as_of is in the future', [{ parameter: 'as_of', message: 'must be an instant not after now' }]);
   }
-  return document(asOfDocument(db, [instant.toISOString(), source === 'base_tables']), 'history_analytics_text');
+  return (await documentRow(asOfDocument(db, [instant.toISOString(), source === 'base_tables']), 'history_analytics_text')).document;
 }
 
 export async function readAnalyticsAsOf(db: Kysely<Database>, asOf: string, source: AnalyticsSource): Promise<Analytics> {
