@@ -66,7 +66,7 @@ export function preparingClient(client: pg.PoolClient): PostgresPoolClient {
  */
 export function preparedQuery<Row>(build: (db: Kysely<Database>) => Compilable<Row>): (db: Kysely<Database>, parameters: unknown[]) => Promise<Row[]> {
   let compiled: CompiledQuery<Row> | undefined;
-  return async (db, parameters) => {
+  return (db, parameters) => {
     if (!compiled) {
       compiled = build(db).compile();
       prepareOnEachConnection(compiled.sql);

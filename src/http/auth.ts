@@ -75,11 +75,12 @@ export const isApiPath = (path: string) => path === '/api' || path.startsWith('/
  * result (operations.ts), without hashing the key again. Sets ctx.state.client, the caller's non-secret name.
  */
 export function authenticate(apiKeys: ApiKeys): AppMiddleware {
-  return async (ctx, next) => {
+  // Not async: it hands on next()'s promise (koa-compose turns a throw into a rejection).
+  return (ctx, next) => {
     if (!isApiPath(ctx.path)) return next();
     const client = apiKeys.identify(ApiKeys.fromHeader(ctx.get('Authorization')));
     if (client === undefined) throw unauthorized();
     ctx.state.client = client;
-    await next();
+    return next();
   };
 }

@@ -113,6 +113,9 @@ function requestValidator(api: OpenAPIBackend, operation: Operation): (ctx: AppC
   const validators = api.validator.getRequestValidatorsForOperation(operation.operationId!) ?? [];
   // A lone value of an array-typed query parameter becomes a one-item array, as validateRequest does.
   const arrayQuery = new Set(parameters.filter((p) => p.in === 'query' && p.schema?.type === 'array').map((p) => p.name!));
+  // The validators coerce and default declared parameters in place: headers are copied only when the
+  // operation declares some (with none, the header schema is an open object and nothing is written).
+  const hasHeaderParameters = parameters.some((p) => p.in === 'header');
   return (ctx) => {
     const query =
       ctx.querystring === '' ? {} : (api.router.parseRequestQuery({ method: ctx.method, path: ctx.path, query: ctx.querystring, headers: {} }) as Record<string, unknown>);
@@ -121,7 +124,7 @@ function requestValidator(api: OpenAPIBackend, operation: Operation): (ctx: AppC
       // Decoded by @koa/router as bath (openapi-backend's path parser) decodes them; copies, since the validators coerce in place.
       path: { ...(ctx.params as Record<string, string>) },
       query,
-      header: { ...ctx.headers },
+      header: hasHeaderParameters ? { ...ctx.headers } : ctx.headers,
       cookie: {},
     };
     const body: unknown = ctx.request.body;

@@ -31,9 +31,9 @@ function requireSecurity(op: ContractOperation): AppMiddleware {
     if (!SCHEMES[scheme]) throw new Error(`${op.operationId}: security scheme ${scheme} has no check in operations.ts`);
   }
   if (op.security.length === 0) return (_ctx, next) => next();
-  return async (ctx, next) => {
+  return (ctx, next) => {
     if (!op.security.some((schemes) => schemes.every((scheme) => SCHEMES[scheme]!(ctx.state)))) throw unauthorized();
-    await next();
+    return next();
   };
 }
 

@@ -32,9 +32,10 @@ export function requestContext(log: Logger): AppMiddleware {
     const incoming = ctx.get('X-Request-Id');
     const requestId = SANE_REQUEST_ID.test(incoming) ? incoming : randomUUID();
     ctx.state = new RequestStateOf(requestId, log);
-    ctx.set('X-Request-Id', requestId);
-    ctx.set('X-Content-Type-Options', 'nosniff');
-    if (isApiPath(ctx.path)) ctx.set('Cache-Control', 'no-store');
+    // Straight to node's response: Koa's ctx.set builds arrays per call to accept lists and objects.
+    ctx.res.setHeader('X-Request-Id', requestId);
+    ctx.res.setHeader('X-Content-Type-Options', 'nosniff');
+    if (isApiPath(ctx.path)) ctx.res.setHeader('Cache-Control', 'no-store');
     const started = process.hrtime.bigint();
     try {
       await next();

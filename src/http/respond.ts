@@ -17,8 +17,10 @@ export function etagOf(representation: unknown): string {
  */
 function sendJson(ctx: AppContext, status: number, json: string): void {
   ctx.status = status;
+  // Set before the body, so that Koa keeps it: what ctx.type = 'application/json' sets, without its
+  // MIME lookup and Koa's ctx.set (which builds arrays per call to accept lists and objects).
+  ctx.res.setHeader('Content-Type', 'application/json; charset=utf-8');
   ctx.body = json;
-  ctx.type = 'application/json';
 }
 
 /** Sends one object with its ETag (and Location for a 201); a matching If-None-Match on GET or HEAD is a 304. */
@@ -29,8 +31,8 @@ export function sendObject(ctx: AppContext, status: 200 | 201, representation: o
 /** sendObject for a representation that PostgreSQL already wrote as JSON text (sent as it is). */
 export function sendJsonText(ctx: AppContext, status: 200 | 201, json: string, location?: string): void {
   const etag = etagOfJson(json);
-  ctx.set('ETag', etag);
-  if (location) ctx.set('Location', location);
+  ctx.res.setHeader('ETag', etag);
+  if (location) ctx.res.setHeader('Location', location);
   if ((ctx.method === 'GET' || ctx.method === 'HEAD') && matchesAny(ctx.get('If-None-Match'), etag)) {
     ctx.status = 304;
     return;
