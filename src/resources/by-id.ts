@@ -1,4 +1,4 @@
-import type { Kysely, Selectable, Updateable } from 'kysely';
+import { sql, type Kysely, type Selectable, type Updateable } from 'kysely';
 import type { Database } from '../db/schema.js';
 import { preparedQuery } from '../db/prepared.js';
 import { NotFoundError } from '../errors.js';
@@ -19,9 +19,17 @@ export function byId<T extends ByIdTable>(table: T, what: string, represent: (ro
   // three tables share `id`) and their rows typed by T at this boundary.
   const name = table as ByIdTable as 'users';
   const find = (db: Kysely<Database>, id: number) => db.selectFrom(name).selectAll().where('id', '=', id);
-  // The read of every GET /<resource>/{id}: built and planned once.
+  // The reads by id: built and planned once.
   const read = preparedQuery((db) => find(db, 0));
   const get = async (db: Kysely<Database>, id: number) => (await read(db, [id]))[0] as Row<T> | undefined;
+  // GET's: the representation as JSON text, written by PostgreSQL (migration 0024's api_json, the
+  // same text as JSON.stringify(represent(row))).
+  const readJson = preparedQuery((db) =>
+    db
+      .selectFrom(name)
+      .select(sql<string>`api_json(${sql.table(name)})`.as('json'))
+      .where('id', '=', 0),
+  );
   const lockCurrent = (id: number) => (trx: Kysely<Database>) => find(trx, id).forUpdate().executeTakeFirst() as Promise<Row<T> | undefined>;
 
   return {
@@ -29,6 +37,13 @@ export function byId<T extends ByIdTable>(table: T, what: string, represent: (ro
       const row = await get(db, id);
       if (!row) throw new NotFoundError(what, id);
       return row;
+    },
+
+    /** GET: the representation as the JSON text to send (404 when missing). */
+    async getJson(db: Kysely<Database>, id: number): Promise<string> {
+      const row = (await readJson(db, [id]))[0];
+      if (!row) throw new NotFoundError(what, id);
+      return row.json;
     },
 
     /** PATCH and PUT: the given columns change (If-Match honoured); the row as it is afterwards. */

@@ -4,7 +4,7 @@ import type { Database, FeaturesTable } from '../db/schema.js';
 import type { Deps } from '../deps.js';
 import { InvalidInputError, type FieldError } from '../errors.js';
 import type { OperationHandlers } from '../http/operation.js';
-import { pageRequest, sendObject, sendPage } from '../http/respond.js';
+import { pageRequest, sendJsonText, sendObject, sendPage } from '../http/respond.js';
 import { byId } from './by-id.js';
 
 type Feature = components['schemas']['Feature'];
@@ -78,7 +78,7 @@ export function featureHandlers({ cursors }: Deps) {
     },
 
     async getFeature({ path, ctx, db }) {
-      sendObject(ctx, 200, toFeature(await features.get(db, path.id)));
+      sendJsonText(ctx, 200, await features.getJson(db, path.id));
     },
 
     async updateFeature({ path, body, ctx, db }) {

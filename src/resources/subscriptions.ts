@@ -4,7 +4,7 @@ import type { Database, SubscriptionsTable } from '../db/schema.js';
 import { inTransaction } from '../db/transaction.js';
 import type { Deps } from '../deps.js';
 import type { OperationHandlers } from '../http/operation.js';
-import { pageRequest, sendObject, sendPage } from '../http/respond.js';
+import { pageRequest, sendJsonText, sendObject, sendPage } from '../http/respond.js';
 import type { AppContext } from '../http/state.js';
 import { formatMoney, parseMoney } from '../money.js';
 import { byId } from './by-id.js';
@@ -144,7 +144,7 @@ export function subscriptionHandlers({ cursors }: Deps) {
     },
 
     async getSubscription({ path, ctx, db }) {
-      sendObject(ctx, 200, toSubscription(await subscriptions.get(db, path.id)));
+      sendJsonText(ctx, 200, await subscriptions.getJson(db, path.id));
     },
 
     async updateSubscription({ path, body, ctx, db }) {

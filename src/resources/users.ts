@@ -3,7 +3,7 @@ import type { components } from '../../generated/api.js';
 import type { UsersTable } from '../db/schema.js';
 import type { Deps } from '../deps.js';
 import type { OperationHandlers } from '../http/operation.js';
-import { pageRequest, sendObject, sendPage } from '../http/respond.js';
+import { pageRequest, sendJsonText, sendObject, sendPage } from '../http/respond.js';
 import { byId } from './by-id.js';
 
 type User = components['schemas']['User'];
@@ -42,7 +42,7 @@ export function userHandlers({ cursors }: Deps) {
     },
 
     async getUser({ path, ctx, db }) {
-      sendObject(ctx, 200, toUser(await users.get(db, path.id)));
+      sendJsonText(ctx, 200, await users.getJson(db, path.id));
     },
 
     async updateUser({ path, body, ctx, db }) {
