@@ -3,7 +3,8 @@
 -- text as it is, without parsing a row into values and Dates and serializing them again. Measured
 -- on the one-row GET of 500k subscriptions, 10 interleaved rounds against the same service with
 -- the row parsed in node: 1.09x and 1.22x the requests per second in two sittings, the service's
--- CPU per request 0.86x and 0.79x (docs/performance.md).
+-- CPU per request 0.86x and 0.79x; PostgreSQL's read 0.095-0.127 ms against 0.085-0.114 without
+-- (docs/performance.md, "The one-row GET against the floor").
 --
 -- The text is exactly what JSON.stringify writes for the representation src/resources/*.ts builds
 -- from the row (toUser, toFeature, toSubscription; test/object-json.test.ts compares the two for
