@@ -21,6 +21,7 @@ import { freePort } from '../src/free-port.js';
 import { embeddedSettings } from '../src/service.js';
 import { runLoad } from './load.js';
 import { get, int, post, t, type BenchRequest } from './requests.js';
+import { median, spread } from './rounds.js';
 import { requestHeaders, startService, treeCpuMs, type Server } from './servers.js';
 import { makefileNodeFlags } from './settings.js';
 
@@ -106,20 +107,19 @@ try {
       }
     }
   }
-  const med = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
   console.log('\nmedians (range):');
   for (const [key, xs] of Object.entries(results)) {
-    const p = xs.map((x) => x.p50);
-    const rps = xs.map((x) => x.rps);
+    const p = spread(xs.map((x) => x.p50));
+    const rps = spread(xs.map((x) => x.rps));
     console.log(
-      `${key}: p50 ${med(p).toFixed(2)} ms (${Math.min(...p).toFixed(2)}-${Math.max(...p).toFixed(2)}), ${med(rps).toFixed(0)} req/s (${Math.min(...rps).toFixed(0)}-${Math.max(...rps).toFixed(0)}), CPU ${med(xs.map((x) => x.cpuUs)).toFixed(0)} us`,
+      `${key}: p50 ${p.median.toFixed(2)} ms (${p.min.toFixed(2)}-${p.max.toFixed(2)}), ${rps.median.toFixed(0)} req/s (${rps.min.toFixed(0)}-${rps.max.toFixed(0)}), CPU ${median(xs.map((x) => x.cpuUs)).toFixed(0)} us`,
     );
   }
   for (const [side] of sides) {
     if (!which.includes('user')) break;
     for (const r of which.filter((w) => w !== 'user')) {
       const ratios = results[`${side} ${r}`]!.map((x, i) => x.p50 / results[`${side} user`]![i]!.p50);
-      console.log(`${side}: ${r} p50 / one-row p50 per round: ${ratios.map((x) => x.toFixed(2)).join(', ')}; median ${med(ratios).toFixed(2)}`);
+      console.log(`${side}: ${r} p50 / one-row p50 per round: ${ratios.map((x) => x.toFixed(2)).join(', ')}; median ${median(ratios).toFixed(2)}`);
     }
   }
 } finally {
