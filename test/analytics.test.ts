@@ -10,6 +10,7 @@ import { projectRoot } from '../src/config.js';
 import type { Database } from '../src/db/schema.js';
 import { loadSpec } from '../src/http/contract.js';
 import { readAnalytics } from '../src/resources/analytics.js';
+import { documentKey, keptDocuments } from '../src/resources/kept.js';
 import { useTestApp } from './support/app.js';
 import { writeWhileChecking } from './support/halfway.js';
 import { attempt, createUser, deleteMany, deleteOne, deleteUser, nthSubscription, nthUser, pick, statement, updateManyOf, type Statement } from './support/sql-workload.js';
@@ -449,6 +450,51 @@ test.serial('the service sends its kept document again only while it is the answ
   await pool.query('TRUNCATE subscriptions CASCADE');
   await assertAnswerExact('after a truncate');
   t.is((await getAnalytics()).subscription_count, 0);
+});
+
+test.serial('requests that arrive together share one read of a kept document, and none is answered by a read that started before it', async (t) => {
+  await reset();
+  const { db, pool } = app.database;
+  await pool.query("INSERT INTO users (name, email) VALUES ('Shared', 'shared@example.com')");
+  const addSubscription = () => pool.query("INSERT INTO subscriptions (user_id, status, plan_cost, billing_period, start_date) VALUES (1, 'active', 10, 'month', current_date)");
+  // A document that names how many subscriptions its snapshot saw, computed slowly enough that a
+  // write can commit while it is out; every computation is counted.
+  let computations = 0;
+  const reader = keptDocuments(
+    db,
+    async (root) => {
+      computations++;
+      const { rows } = await sql<{ document: string; key: string }>`
+        SELECT '{"as_of":"' || to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') || '","subscriptions":' || (SELECT count(*) FROM subscriptions) || '}' AS document,
+               ${documentKey} AS key
+        FROM pg_sleep(0.4)`.execute(root);
+      return rows[0]!;
+    },
+    () => 'one',
+    1,
+  );
+  const seen = async () => (JSON.parse(await reader(db, undefined)) as { subscriptions: number }).subscriptions;
+
+  await addSubscription();
+  const together = await Promise.all(Array.from({ length: 16 }, seen));
+  t.deepEqual(together, Array<number>(16).fill(1));
+  t.is(computations, 1, '16 requests at once: one computation (each of the 15 that waited gets the check that followed it)');
+
+  // A write that commits while a computation is out: the request made after it waits for the next
+  // read, which sees the write; the computation out already could not.
+  await addSubscription();
+  const before = seen();
+  await new Promise((resolve) => setTimeout(resolve, 100));
+  await addSubscription();
+  const after = seen();
+  t.is(await before, 2, 'the read that was out started before the third subscription');
+  t.is(await after, 3, 'the request made after the write is answered by a read that sees it');
+  t.is(computations, 3);
+
+  // In a transaction: its own snapshot, never the shared reads nor the kept document.
+  const inTransaction = await db.transaction().execute(async (trx) => JSON.parse(await reader(trx, undefined)) as { subscriptions: number });
+  t.is(inTransaction.subscriptions, 3);
+  t.is(computations, 4);
 });
 
 // ---- reconcile -------------------------------------------------------------------------------

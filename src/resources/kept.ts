@@ -45,23 +45,58 @@ export type ComputeDocument<Args> = (db: Kysely<Database>, args: Args) => Promis
 /**
  * A reader of `compute`'s documents that keeps the last one per `name(args)` (at most `capacity`
  * names, the oldest forgotten first) and sends it again while its key is the current one.
+ *
+ * Outside a transaction, requests for one name share their reads. A read answers every request
+ * that arrived before its first statement was sent: that statement's snapshot is later than their
+ * arrival, so it sees every change committed before any of them was made. A request that arrives
+ * while a read is out waits for the next one, which starts when that read ends and answers every
+ * request that waited for it. Under load one check (or one computation) then answers a whole batch
+ * of requests instead of each sending its own.
  */
 export function keptDocuments<Args>(root: Kysely<Database>, compute: ComputeDocument<Args>, name: (args: Args) => string, capacity: number) {
   const kept = new Map<string, KeptDocument>();
-  return async (db: Kysely<Database>, args: Args): Promise<string> => {
-    const id = name(args);
-    const held = db === root ? kept.get(id) : undefined;
+
+  /** The held document if the key is still the current one, else the document computed (and held) now. */
+  async function read(id: string, args: Args): Promise<string> {
+    const held = kept.get(id);
     if (held) {
-      const [check] = await currentKey(db, []);
+      const [check] = await currentKey(root, []);
       if (check?.key === held.key) return AS_OF_PREFIX + check.as_of + held.afterAsOf;
     }
-    const { document, key } = await compute(db, args);
+    const { document, key } = await compute(root, args);
     const end = document.indexOf('"', AS_OF_PREFIX.length);
-    if (db === root && document.startsWith(AS_OF_PREFIX) && end > 0) {
+    if (document.startsWith(AS_OF_PREFIX) && end > 0) {
       kept.delete(id);
       kept.set(id, { key, afterAsOf: document.slice(end) });
       if (kept.size > capacity) kept.delete(kept.keys().next().value!);
     }
     return document;
+  }
+
+  /** Per name: the read that is out, and the one the requests that came after it wait for. */
+  const out = new Map<string, { ended: Promise<void>; next?: Promise<string> }>();
+  function start(id: string, args: Args): Promise<string> {
+    const reading = read(id, args);
+    const flight = {
+      ended: reading.then(
+        () => undefined,
+        () => undefined,
+      ),
+      next: undefined as Promise<string> | undefined,
+    };
+    void flight.ended.then(() => {
+      if (out.get(id) === flight) out.delete(id);
+    });
+    out.set(id, flight);
+    return reading;
+  }
+
+  return (db: Kysely<Database>, args: Args): Promise<string> => {
+    // In a transaction: its own snapshot, which may be older than a kept document.
+    if (db !== root) return compute(db, args).then((row) => row.document);
+    const id = name(args);
+    const flight = out.get(id);
+    if (!flight) return start(id, args);
+    return (flight.next ??= flight.ended.then(() => start(id, args)));
   };
 }
