@@ -1,5 +1,6 @@
 import { sql, type Kysely, type Selectable, type Updateable } from 'kysely';
 import type { Database } from '../db/schema.js';
+import { batchedByKey, paddedKeys } from '../db/batched.js';
 import { preparedQuery } from '../db/prepared.js';
 import { NotFoundError } from '../errors.js';
 import type { AppContext } from '../http/state.js';
@@ -23,12 +24,29 @@ export function byId<T extends ByIdTable>(table: T, what: string, represent: (ro
   const read = preparedQuery((db) => find(db, 0));
   const get = async (db: Kysely<Database>, id: number) => (await read(db, [id]))[0] as Row<T> | undefined;
   // GET's: the representation as JSON text, written by PostgreSQL (migration 0024's api_json, the
-  // same text as JSON.stringify(represent(row))).
-  const readJson = preparedQuery((db) =>
-    db
-      .selectFrom(name)
-      .select(sql<string>`api_json(${sql.table(name)})`.as('json'))
-      .where('id', '=', 0),
+  // same text as JSON.stringify(represent(row))), for every id asked for in one turn of the event
+  // loop at once (db/batched.ts), by one of a few prepared statements: `id IN ($1, ... $n)` for n a
+  // power of two.
+  const readJsonOf = new Map<number, (db: Kysely<Database>, ids: number[]) => Promise<Array<{ id: number; json: string }>>>();
+  const readJson = batchedByKey(
+    (db, ids) => {
+      const padded = paddedKeys(ids);
+      let read = readJsonOf.get(padded.length);
+      if (!read) {
+        const placeholders = padded.map(() => 0);
+        readJsonOf.set(
+          padded.length,
+          (read = preparedQuery((db) =>
+            db
+              .selectFrom(name)
+              .select(['id', sql<string>`api_json(${sql.table(name)})`.as('json')])
+              .where('id', 'in', placeholders),
+          )),
+        );
+      }
+      return read(db, padded);
+    },
+    (row) => row.id,
   );
   const lockCurrent = (id: number) => (trx: Kysely<Database>) => find(trx, id).forUpdate().executeTakeFirst() as Promise<Row<T> | undefined>;
 
@@ -41,7 +59,7 @@ export function byId<T extends ByIdTable>(table: T, what: string, represent: (ro
 
     /** GET: the representation as the JSON text to send (404 when missing). */
     async getJson(db: Kysely<Database>, id: number): Promise<string> {
-      const row = (await readJson(db, [id]))[0];
+      const row = await readJson(db, id);
       if (!row) throw new NotFoundError(what, id);
       return row.json;
     },
