@@ -80,6 +80,19 @@ test.serial('a statement that fails fails every read it answered and no other; a
   t.regex(String((failing[0] as PromiseRejectedResult).reason), /division by zero/);
   t.is((await read(db, 12))?.double, 24, 'the next turn is not affected');
 
+  // A read that throws instead of rejecting fails its batch the same way.
+  const throwing = batchedByKey<{ id: number }>(
+    () => {
+      throw new Error('thrown before any statement');
+    },
+    (row) => row.id,
+  );
+  const thrown = await Promise.allSettled([throwing(db, 1), throwing(db, 2)]);
+  t.deepEqual(
+    thrown.map((result) => result.status),
+    ['rejected', 'rejected'],
+  );
+
   statements.length = 0;
   const [inTransaction, outside] = await db.transaction().execute((trx) => Promise.all([read(trx, 20), read(db, 21)]));
   t.is(inTransaction?.double, 40);

@@ -25,7 +25,8 @@ export function batchedByKey<Row>(read: (db: Kysely<Database>, keys: number[]) =
   const pending = new Map<Kysely<Database>, Map<number, Array<Waiter<Row>>>>();
 
   function send(db: Kysely<Database>, waiting: Map<number, Array<Waiter<Row>>>): void {
-    read(db, [...waiting.keys()]).then(
+    // A read that throws before its promise fails these reads too, not the process (this runs in a setImmediate callback).
+    new Promise<Row[]>((resolve) => resolve(read(db, [...waiting.keys()]))).then(
       (rows) => {
         const byKey = new Map<number, Row>();
         for (const row of rows) byKey.set(keyOf(row), row);
