@@ -65,9 +65,9 @@ export function batchedByKey<Row>(read: (db: Kysely<Database>, keys: number[]) =
 }
 
 /**
- * The statement size a batch of `count` keys is sent with: the next power of two, so that each
- * table has a handful of prepared statements (1, 2, 4, ... MAX_BATCH keys) and PostgreSQL settles on
- * one generic plan for each; the keys are padded by repeating the last.
+ * A batch's keys as the statement is sent with them: as many as the next power of two at or above
+ * their number, so that each table has a handful of prepared statements (1, 2, 4, ... MAX_BATCH
+ * keys) and PostgreSQL settles on one generic plan for each; padded by repeating the last key.
  */
 export function paddedKeys(keys: number[]): number[] {
   let size = 1;
